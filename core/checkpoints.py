@@ -1,0 +1,92 @@
+"""Saving and loading model checkpoints safely.
+
+A checkpoint is a ``torch.save`` dict of tensors and plain Python values only::
+
+    {"format": "unetlab-checkpoint", "version": 1, "state_dict": {...}, "config": {...},
+     "epoch": int, "metrics": {...}, "optimizer": {...}, "scheduler": {...}}
+
+It is loaded with ``torch.load(weights_only=True)``, which refuses any pickled object
+that is not a tensor or a plain container, so a crafted file cannot run code. It is
+written to a temporary file and renamed, so a crash mid-write never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.config import RunConfig
+from core.errors import CheckpointError
+
+FORMAT = "unetlab-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (plus format tags) atomically to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, is not a torch checkpoint, holds objects other than tensors
+        and plain containers (refused unread: unpickling them could run code), or lacks the
+        keys U-Net Lab writes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds Python objects other than tensors and plain "
+            f"values, and unpickling them could run code ({str(error).splitlines()[0][:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {str(error)[:200]}") from None
+    if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
+        raise CheckpointError(
+            f"{path} is a PyTorch file but not a U-Net Lab checkpoint (expected a dict with "
+            "'state_dict' and 'config')"
+        )
+    return payload
+
+
+def build_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the U-Net stored in a checkpoint, in eval mode.
+
+    Returns
+    -------
+    model : core.model.UNet
+    config : RunConfig
+        The run settings stored with the weights.
+    payload : dict
+        The whole checkpoint (epoch, metrics, ...).
+    """
+    from core.model import UNet
+
+    payload = load_checkpoint(path)
+    config = RunConfig.from_dict(payload["config"])
+    in_channels = int(payload.get("in_channels", 1))
+    model = UNet(in_channels=in_channels, base_width=config.base_width, depth=config.depth)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit the stored model settings: {str(error)[:200]}") from None
+    model.to(device).eval()
+    return model, config, payload

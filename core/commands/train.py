@@ -1,0 +1,83 @@
+"""``python -m core train``: train one run on this machine, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from core.config import AUGMENTATION_LEVELS, DEVICES, LOSSES, LR_SCHEDULES, PRECISIONS, RunConfig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    defaults = RunConfig()
+    parser = subparsers.add_parser(
+        "train", help="train a U-Net run (or resume one)",
+        description="Train a U-Net on a dataset's training part and validate it on the fixed validation part "
+                    "after every epoch. Checkpoints go to checkpoints/<run id>/, metrics to the run registry.",
+    )
+    parser.add_argument("--dataset", default=defaults.dataset, help="dataset name (see `datasets list`)")
+    parser.add_argument("--root", help="folder holding the dataset's files (not needed for synthetic sets)")
+    parser.add_argument("--image-size", type=int, help="resize every image to N x N on load (paper: DSB 128, EM 512)")
+    parser.add_argument("--train-fraction", type=float, default=defaults.train_fraction,
+                        help="share of the images used for training, in (0, 1 - validation fraction]")
+    parser.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction)
+    parser.add_argument("--augmentation", choices=AUGMENTATION_LEVELS, default=defaults.augmentation)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
+                        help="optimiser steps (batches of random patches) per epoch")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--patch-size", type=int, default=defaults.patch_size)
+    parser.add_argument("--width", dest="base_width", type=int, default=defaults.base_width,
+                        help="channels of the first U-Net level (paper: 64)")
+    parser.add_argument("--depth", type=int, default=defaults.depth, help="number of poolings")
+    parser.add_argument("--loss", choices=LOSSES, default=defaults.loss)
+    parser.add_argument("--lr", dest="learning_rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=defaults.lr_schedule)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", choices=DEVICES, default=defaults.device)
+    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--study", help="name of the study this run belongs to")
+    parser.add_argument("--resume", metavar="RUN_ID", help="continue a stopped run from its last.pt")
+    parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                        help="skip the full evaluation after training")
+    parser.add_argument("--json", action="store_true", help="print the run id and final metrics as JSON (last line)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return RunConfig(**values).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.train import train_run
+
+    if args.resume:
+        result = train_run(run_id=args.resume, show_progress=not args.quiet)
+    else:
+        result = train_run(config_from_args(args), show_progress=not args.quiet)
+    summary = result.to_dict()
+    if args.evaluate and result.status == "finished":
+        try:
+            from core.evaluate import evaluate_run
+        except ImportError:
+            evaluate_run = None
+        if evaluate_run is not None:
+            evaluation = evaluate_run(result.run_id, show_progress=not args.quiet)
+            summary["evaluation"] = evaluation.headline()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        v = result.final_metrics
+        print(f"run {result.run_id}: {result.status} after {result.epochs_done} epochs in {result.seconds:.0f} s")
+        if v:
+            print(f"validation pixel F1 at threshold {RunConfig.threshold}: {v['val_f1']:.4f} "
+                  f"(untrained model: {result.untrained_metrics.get('val_f1', float('nan')):.4f}); "
+                  f"best {result.best_validation_f1:.4f} at epoch {result.best_epoch}")
+        print(f"checkpoints: {result.checkpoint_dir}")
+    return 0 if result.status == "finished" else 1

@@ -1,0 +1,111 @@
+"""The settings of one training run, shared by the CLI, the registry, the app and studies.
+
+Kept free of torch imports so that the app and the registry can read configs cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import UNetLabError
+
+AUGMENTATION_LEVELS = ("none", "light", "medium", "heavy")
+LOSSES = ("bce", "bce+dice")
+LR_SCHEDULES = ("constant", "cosine")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class ConfigError(UNetLabError, ValueError):
+    """A run setting is out of range; the message names the setting and the allowed values."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run; JSON-serialisable and stored with the run.
+
+    An *epoch* is ``steps_per_epoch`` optimiser steps on random patches (as nnU-Net does for
+    small data), not one pass over the images: with three training images a pass would be a
+    single step, and validating after every step would cost more than training.
+    """
+
+    dataset: str = "synthetic-nuclei"
+    root: str | None = None
+    image_size: int | None = None  # resize every image to (image_size, image_size) on load
+    train_fraction: float = 0.5
+    validation_fraction: float = 0.2
+    augmentation: str = "light"
+    epochs: int = 10
+    steps_per_epoch: int = 25
+    batch_size: int = 8
+    patch_size: int = 256
+    base_width: int = 16
+    depth: int = 4
+    loss: str = "bce"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CPUs with native bf16, fp16 AMP on CUDA
+    channels_last: bool = True
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    threshold: float = 0.5
+    tile_size: int = 512  # validation and prediction tile
+    study: str | None = None
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "RunConfig":
+        """Check every setting; raise ConfigError naming the first bad one."""
+        checks = [
+            (0 < self.validation_fraction < 1, "validation_fraction must be in (0, 1)"),
+            (
+                0 < self.train_fraction <= 1 - self.validation_fraction + 1e-9,
+                f"train_fraction must be in (0, {1 - self.validation_fraction:g}] "
+                f"(1 - validation_fraction), got {self.train_fraction:g}",
+            ),
+            (self.augmentation in AUGMENTATION_LEVELS, f"augmentation must be one of {AUGMENTATION_LEVELS}"),
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
+            (self.optimizer == "adam", "optimizer must be 'adam'"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
+            (self.device in DEVICES, f"device must be one of {DEVICES}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.steps_per_epoch >= 1, "steps_per_epoch must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.patch_size >= 16, "patch_size must be at least 16"),
+            (self.base_width >= 1, "base_width must be at least 1"),
+            (1 <= self.depth <= 6, "depth must be between 1 and 6"),
+            (self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning_rate must be positive"),
+            (0 < self.threshold < 1, "threshold must be in (0, 1)"),
+            (self.tile_size >= 32, "tile_size must be at least 32"),
+            (self.image_size is None or self.image_size >= 16, "image_size must be at least 16"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"invalid run setting: {message}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        """Build from a stored dict; unknown keys (from newer versions) go to ``extra``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        config = cls(**{k: v for k, v in values.items() if k in known})
+        config.extra.update({k: v for k, v in values.items() if k not in known})
+        return config
+
+    def label(self) -> str:
+        """Short human label, e.g. ``synthetic-nuclei 50% light s0``."""
+        return f"{self.dataset} {self.train_fraction:.0%} {self.augmentation} s{self.seed}"

@@ -1,0 +1,441 @@
+"""Training one U-Net run, top to bottom.
+
+``train_run(config)`` loads the dataset, splits it, trains for ``config.epochs`` epochs of
+``config.steps_per_epoch`` steps on random augmented patches, validates on the fixed
+validation part after every epoch, and writes ``last.pt`` (every epoch) and ``best.pt``
+(best validation F1) under ``checkpoints/<run id>/``. Progress and per-epoch metrics go to
+the run registry as they happen, so the app can follow a run from another process.
+
+Reproducibility: every source of randomness of epoch ``e`` (patch positions, augmentation,
+torch) is seeded from ``(config.seed, e)``. A run resumed from ``last.pt`` after epoch
+``e`` therefore replays epochs ``e+1...`` exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.augment import augment, build_augmentation
+from core.checkpoints import load_checkpoint, save_checkpoint
+from core.config import RunConfig
+from core.datasets import Dataset, load_dataset, split
+from core.errors import RunError
+from core.model import UNet
+from core.predict import TileSettings, autocast_context, predict_probabilities
+from core.runs import Registry
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports."""
+
+    run_id: str
+    status: str
+    epochs_done: int
+    best_epoch: int | None
+    best_validation_f1: float | None
+    final_metrics: dict[str, float]
+    untrained_metrics: dict[str, float]
+    seconds: float
+    checkpoint_dir: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "epochs_done": self.epochs_done,
+            "best_epoch": self.best_epoch,
+            "best_validation_f1": self.best_validation_f1,
+            "validation": self.final_metrics,
+            "untrained_validation": self.untrained_metrics,
+            "seconds": round(self.seconds, 2),
+            "checkpoint_dir": self.checkpoint_dir,
+        }
+
+
+# ---- devices and precision ------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("device 'cuda' was asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AVX-512 BF16 or AMX, where bf16 convolutions are fast."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Turn ``auto`` into fp32, bf16 or fp16 for this device.
+
+    On CPUs with native bf16, bf16 autocast trains about twice as fast as fp32
+    (benchmarks/train_speed.py); elsewhere on the CPU it is slower, so fp32 is kept.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+# ---- data -------------------------------------------------------------------------------
+
+
+def patch_shape(dataset: Dataset, indices: list[int], patch_size: int) -> tuple[int, int]:
+    """Patch (height, width): ``patch_size``, shrunk to the smallest training image."""
+    heights = [dataset[i].image.shape[0] for i in indices]
+    widths = [dataset[i].image.shape[1] for i in indices]
+    return min(patch_size, *heights), min(patch_size, *widths)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """One integer seed per (run seed, epoch), different for every pair."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def patch_batches(
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    config: RunConfig,
+    shape: tuple[int, int],
+    epoch: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``steps_per_epoch`` batches of random augmented patches for one epoch.
+
+    Each item: images float32 (B, C, h, w) and masks float32 (B, 1, h, w).
+    """
+    rng = np.random.default_rng(epoch_seed(config.seed, epoch))
+    transform = build_augmentation(config.augmentation, max(shape), seed=epoch_seed(config.seed + 1, epoch))
+    patch_h, patch_w = shape
+    for _ in range(config.steps_per_epoch):
+        batch_images, batch_masks = [], []
+        for _ in range(config.batch_size):
+            index = int(rng.integers(len(images)))
+            image, mask = images[index], masks[index]
+            top = int(rng.integers(image.shape[0] - patch_h + 1))
+            left = int(rng.integers(image.shape[1] - patch_w + 1))
+            image = image[top:top + patch_h, left:left + patch_w]
+            mask = mask[top:top + patch_h, left:left + patch_w]
+            if transform is not None:
+                image, mask, _ = augment(transform, image, mask)
+            batch_images.append(image.transpose(2, 0, 1))
+            batch_masks.append(mask[None])
+        yield np.stack(batch_images).astype(np.float32), np.stack(batch_masks).astype(np.float32)
+
+
+def prefetch(iterator: Iterator, depth: int = 3) -> Iterator:
+    """Run ``iterator`` in a background thread, ``depth`` items ahead.
+
+    Patch cutting and augmentation (OpenCV, which releases the GIL) then overlap with the
+    training step. One producer keeps the order, so results stay deterministic.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as error:  # re-raised in the consumer
+            items.put(error)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+# ---- loss and validation ----------------------------------------------------------------
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Binary cross-entropy on logits, plus soft Dice loss for ``bce+dice``."""
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    if loss == "bce":
+        return bce
+    probability = torch.sigmoid(logits)
+    intersection = (probability * target).sum()
+    dice = (2 * intersection + 1) / (probability.sum() + target.sum() + 1)
+    return bce + (1 - dice)
+
+
+def validate(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    indices: list[int],
+    config: RunConfig,
+    device: torch.device,
+    precision: str,
+) -> dict[str, float]:
+    """Whole-image (tiled) validation: loss and pixel scores of both classes at the threshold.
+
+    Scores are micro-averaged: TP/FP/FN/TN are summed over all validation pixels first.
+    """
+    from core.metrics import PixelCounts
+
+    settings = TileSettings(tile_size=config.tile_size, overlap=min(64, config.tile_size // 4))
+    counts = PixelCounts()
+    loss_sum, pixel_count = 0.0, 0
+    for index in indices:
+        sample = dataset[index]
+        probability = predict_probabilities(model, sample.image, settings, device, precision,
+                                            channels_last=config.channels_last and device.type != "mps")
+        clipped = np.clip(probability, 1e-6, 1 - 1e-6)
+        truth = sample.mask
+        loss_sum += float(-(np.log(clipped[truth]).sum() + np.log(1 - clipped[~truth]).sum()))
+        pixel_count += truth.size
+        counts = counts + PixelCounts.from_masks(probability >= config.threshold, truth)
+    return {
+        "val_loss": loss_sum / pixel_count,
+        "val_f1": counts.f1,
+        "val_precision": counts.precision,
+        "val_recall": counts.recall,
+        "val_iou": counts.iou,
+        "val_f1_negative": counts.negative().f1,
+        "val_tp": int(counts.tp),
+        "val_fp": int(counts.fp),
+        "val_fn": int(counts.fn),
+        "val_tn": int(counts.tn),
+    }
+
+
+# ---- stopping on request ---------------------------------------------------------------
+
+
+class StopRequest:
+    """Set by SIGTERM (or the caller); the loop checks it after every step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, *_: Any) -> None:
+        self.requested = True
+
+    def install(self) -> Callable[[], None]:
+        """Handle SIGTERM while training; returns a function restoring the old handler."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.signal(signal.SIGTERM, self)
+        return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+# ---- the run ---------------------------------------------------------------------------
+
+
+def train_run(
+    config: RunConfig | None = None,
+    run_id: str | None = None,
+    registry: Registry | None = None,
+    show_progress: bool = True,
+    stop: StopRequest | None = None,
+) -> TrainResult:
+    """Train a new run from ``config``, or continue the existing run ``run_id``.
+
+    With ``run_id`` the stored config is used and training continues from the run's
+    ``last.pt`` when there is one (resume), else starts from scratch (a queued run).
+    """
+    registry = registry or Registry()
+    if run_id is None:
+        if config is None:
+            raise RunError("train_run needs a config or a run id")
+        run_id = registry.create_run(config, status="running")
+    else:
+        config = registry.get_run(run_id).config
+    config.validate()
+    registry.set_status(run_id, "running", pid=os.getpid())
+
+    stop = stop or StopRequest()
+    restore_handler = stop.install()
+    started = time.time()
+    try:
+        result = _train(config, run_id, registry, show_progress, stop, started)
+    except KeyboardInterrupt:
+        registry.set_status(run_id, "cancelled", error="interrupted (Ctrl-C)")
+        raise
+    except BaseException as error:
+        registry.set_status(run_id, "failed", error=f"{type(error).__name__}: {error}\n{traceback.format_exc()[-2000:]}")
+        raise
+    finally:
+        restore_handler()
+    registry.set_status(run_id, result.status, error="stopped on request" if result.status == "cancelled" else None)
+    return result
+
+
+def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bool,
+           stop: StopRequest, started: float) -> TrainResult:
+    from tqdm import tqdm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    checkpoint_dir = registry.get_run(run_id).checkpoint_dir
+
+    dataset = load_dataset(config.dataset, config.root, split="train", size=config.image_size)
+    parts = split(dataset, config.train_fraction, config.seed, config.validation_fraction)
+    shape = patch_shape(dataset, parts.train, config.patch_size)
+    train_images = [dataset[i].image for i in parts.train]
+    train_masks = [dataset[i].mask for i in parts.train]
+
+    torch.manual_seed(config.seed)
+    model = UNet(in_channels=dataset.channels, base_width=config.base_width, depth=config.depth).to(device)
+    memory_format = torch.channels_last if config.channels_last and device.type != "mps" else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+    start_epoch, best_f1, best_epoch = 1, -1.0, None
+    untrained: dict[str, float] = {}
+    last_path = checkpoint_dir / "last.pt"
+    if last_path.exists():  # resume
+        state = load_checkpoint(last_path, map_location=device)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        best_f1, best_epoch = float(state["best_validation_f1"]), state["best_epoch"]
+        untrained = dict(state.get("untrained_metrics", {}))
+        registry.truncate_epochs(run_id, state["epoch"])
+    else:
+        registry.truncate_epochs(run_id, -1)
+        untrained = validate(model, dataset, parts.validation, config, device, precision)
+        registry.add_epoch(run_id, 0, {**untrained, "note": "untrained model"})
+
+    def progress(epoch: int, step: int, epoch_started: float, **extra: Any) -> None:
+        steps_done = (epoch - start_epoch) * config.steps_per_epoch + step
+        steps_left = (config.epochs - epoch + 1) * config.steps_per_epoch - step
+        elapsed = time.time() - started
+        eta = elapsed / steps_done * steps_left if steps_done else None
+        registry.update_progress(run_id, epoch=epoch, epochs=config.epochs, step=step,
+                                 steps_per_epoch=config.steps_per_epoch, eta_seconds=eta,
+                                 elapsed_seconds=elapsed, **extra)
+
+    history: list[dict[str, Any]] = []
+    status, metrics = "finished", {}
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, config.epochs + 1):
+        torch.manual_seed(epoch_seed(config.seed + 2, epoch))
+        model.train()
+        epoch_started, last_report, loss_sum = time.time(), 0.0, 0.0
+        batches = prefetch(patch_batches(train_images, train_masks, config, shape, epoch))
+        bar = tqdm(batches, total=config.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
+                   disable=not show_progress, leave=True, dynamic_ncols=True)
+        for step, (images, masks) in enumerate(bar, start=1):
+            inputs = torch.from_numpy(images).to(device).contiguous(memory_format=memory_format)
+            target = torch.from_numpy(masks).to(device)
+            with autocast_context(device, precision):
+                logits = model(inputs)
+            loss = segmentation_loss(logits.float(), target, config.loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss)
+            bar.set_postfix(loss=f"{loss_sum / step:.4f}")
+            if time.time() - last_report > 1.0 or step == config.steps_per_epoch:
+                last_report = time.time()
+                progress(epoch, step, epoch_started, train_loss=loss_sum / step, phase="training")
+            if stop.requested:
+                break
+        bar.close()
+        if stop.requested:  # last.pt still holds the previous finished epoch
+            status, epoch = "cancelled", epoch - 1
+            break
+        scheduler.step()
+        train_seconds = time.time() - epoch_started
+        progress(epoch, config.steps_per_epoch, epoch_started, phase="validating")
+        metrics = validate(model, dataset, parts.validation, config, device, precision)
+        metrics.update(
+            train_loss=loss_sum / config.steps_per_epoch,
+            learning_rate=optimizer.param_groups[0]["lr"],
+            train_seconds=train_seconds,
+            epoch_seconds=time.time() - epoch_started,
+            patches_per_second=config.steps_per_epoch * config.batch_size / train_seconds,
+        )
+        improved = metrics["val_f1"] > best_f1
+        if improved:
+            best_f1, best_epoch = metrics["val_f1"], epoch
+        payload = {
+            "state_dict": model.state_dict(),
+            "config": config.to_dict(),
+            "epoch": epoch,
+            "in_channels": dataset.channels,
+            "metrics": metrics,
+            "untrained_metrics": untrained,
+            "best_validation_f1": best_f1,
+            "best_epoch": best_epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "split": {"train": parts.train, "validation": parts.validation},
+        }
+        save_checkpoint(last_path, payload)
+        if improved:
+            save_checkpoint(checkpoint_dir / "best.pt", payload)
+        registry.add_epoch(run_id, epoch, metrics)
+        history.append({"epoch": epoch, **metrics})
+        if show_progress:
+            tqdm.write(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}  val loss {metrics['val_loss']:.4f}"
+                       f"  val F1 {metrics['val_f1']:.4f}  ({metrics['epoch_seconds']:.1f} s)")
+        if stop.requested:
+            status = "cancelled"
+            break
+
+    final = registry.epochs(run_id)[-1] if epoch >= 1 else {}
+    return TrainResult(
+        run_id=run_id,
+        status=status,
+        epochs_done=max(epoch, start_epoch - 1),
+        best_epoch=best_epoch,
+        best_validation_f1=best_f1 if best_epoch is not None else None,
+        final_metrics={k: v for k, v in final.items() if k != "epoch" and isinstance(v, (int, float))},
+        untrained_metrics={k: v for k, v in untrained.items() if isinstance(v, (int, float))},
+        seconds=time.time() - started,
+        checkpoint_dir=str(checkpoint_dir),
+        history=history,
+    )
