@@ -1,0 +1,99 @@
+"""The run registry: life cycle, dead-process detection, per-epoch rows, evaluations."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from core.config import ConfigError, RunConfig
+from core.errors import RunError
+from core.runs import Registry, process_alive
+
+
+@pytest.fixture
+def registry(tmp_path) -> Registry:
+    return Registry(tmp_path / "registry.sqlite")
+
+
+def test_database_uses_wal_mode(registry):
+    mode = sqlite3.connect(registry.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_life_cycle_and_refused_transitions(registry):
+    run_id = registry.create_run(RunConfig(epochs=2))
+    assert registry.get_run(run_id).status == "queued"
+    with pytest.raises(RunError, match="cannot become finished"):
+        registry.set_status(run_id, "finished")
+    registry.set_status(run_id, "running", pid=1234)
+    record = registry.get_run(run_id)
+    assert record.status == "running" and record.pid == 1234 and record.started is not None
+    registry.set_status(run_id, "finished")
+    assert registry.get_run(run_id).finished is not None
+    with pytest.raises(RunError, match="cannot become running"):
+        registry.set_status(run_id, "running")
+
+
+def test_config_round_trips_and_is_validated(registry):
+    config = RunConfig(dataset="isbi2012", root="/data/isbi", train_fraction=0.1, augmentation="heavy", seed=3)
+    run_id = registry.create_run(config)
+    assert registry.get_run(run_id).config == config
+    with pytest.raises(ConfigError, match="train_fraction"):
+        registry.create_run(RunConfig(train_fraction=0.0))
+    with pytest.raises(ConfigError, match="train_fraction"):
+        registry.create_run(RunConfig(train_fraction=0.9))
+
+
+def test_unknown_run_is_a_clear_error(registry):
+    with pytest.raises(RunError, match="no run with id 'nope'"):
+        registry.get_run("nope")
+
+
+def test_killed_process_is_marked_failed(registry):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    run_id = registry.create_run(RunConfig())
+    registry.set_status(run_id, "running", pid=sleeper.pid)
+    assert registry.reap_dead() == []  # alive: left alone
+    sleeper.kill()
+    sleeper.wait()
+    assert not process_alive(sleeper.pid)
+    assert registry.reap_dead() == [run_id]
+    record = registry.get_run(run_id)
+    assert record.status == "failed" and f"pid {sleeper.pid}" in record.error
+    registry.set_status(run_id, "queued")  # a failed run can be resumed
+    assert registry.get_run(run_id).status == "queued"
+
+
+def test_epochs_are_replaced_on_resume(registry):
+    run_id = registry.create_run(RunConfig())
+    for epoch in range(4):
+        registry.add_epoch(run_id, epoch, {"val_f1": epoch / 10})
+    registry.truncate_epochs(run_id, after_epoch=1)
+    registry.add_epoch(run_id, 2, {"val_f1": 0.9})
+    assert [(row["epoch"], row["val_f1"]) for row in registry.epochs(run_id)] == [(0, 0.0), (1, 0.1), (2, 0.9)]
+
+
+def test_evaluation_summary_and_arrays(registry):
+    run_id = registry.create_run(RunConfig())
+    assert registry.get_evaluation(run_id) is None and registry.evaluation_arrays(run_id) == {}
+    curve = np.linspace(0, 1, 5)
+    registry.save_evaluation(run_id, "val", {"f1": 0.8}, {"fpr": curve})
+    registry.save_evaluation(run_id, "val", {"f1": 0.9}, {"fpr": curve * 2})
+    assert registry.get_evaluation(run_id, "val") == {"f1": 0.9}
+    np.testing.assert_array_equal(registry.evaluation_arrays(run_id, "val")["fpr"], curve * 2)
+
+
+def test_filters_and_delete(registry):
+    first = registry.create_run(RunConfig(dataset="synthetic-nuclei", study="s1"))
+    second = registry.create_run(RunConfig(dataset="synthetic-membranes"))
+    assert [r.id for r in registry.list_runs(dataset="synthetic-membranes")] == [second]
+    assert [r.id for r in registry.list_runs(study="s1")] == [first]
+    registry.set_status(first, "running", pid=1)
+    with pytest.raises(RunError, match="cancel it before deleting"):
+        registry.delete_run(first)
+    registry.delete_run(second)
+    assert [r.id for r in registry.list_runs()] == [first]
