@@ -34,6 +34,8 @@ import os
 import random
 from typing import Any
 
+from core.config import AUGMENTATION_LEVELS
+
 # albumentations asks PyPI for a newer version on every import (up to 2 s offline, and a
 # network call the user did not ask for); the variable is its documented opt-out.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -45,7 +47,7 @@ from albumentations.augmentations.geometric import functional as fgeometric  # n
 
 from core.errors import UNetLabError  # noqa: E402
 
-LEVELS: tuple[str, ...] = ("none", "light", "medium", "heavy")
+LEVELS: tuple[str, ...] = AUGMENTATION_LEVELS  # defined beside RunConfig, which must not import albumentations
 
 # Largest instance id a float32 mask channel holds exactly (2**24).
 _MAX_EXACT_INSTANCE_ID = 1 << 24
