@@ -215,7 +215,7 @@ def validate(
 
     Scores are micro-averaged: TP/FP/FN/TN are summed over all validation pixels first.
     """
-    from core.metrics import PixelCounts
+    from core.metrics import PixelCounts, pixel_counts
 
     settings = TileSettings(tile_size=config.tile_size, overlap=min(64, config.tile_size // 4))
     counts = PixelCounts()
@@ -228,14 +228,14 @@ def validate(
         truth = sample.mask
         loss_sum += float(-(np.log(clipped[truth]).sum() + np.log(1 - clipped[~truth]).sum()))
         pixel_count += truth.size
-        counts = counts + PixelCounts.from_masks(probability >= config.threshold, truth)
+        counts = counts + pixel_counts(probability, truth, config.threshold)
     return {
         "val_loss": loss_sum / pixel_count,
         "val_f1": counts.f1,
         "val_precision": counts.precision,
         "val_recall": counts.recall,
         "val_iou": counts.iou,
-        "val_f1_negative": counts.negative().f1,
+        "val_f1_negative": counts.negative_f1,
         "val_tp": int(counts.tp),
         "val_fp": int(counts.fp),
         "val_fn": int(counts.fn),
@@ -376,7 +376,7 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss)
+            loss_sum += loss.item()
             bar.set_postfix(loss=f"{loss_sum / step:.4f}")
             if time.time() - last_report > 1.0 or step == config.steps_per_epoch:
                 last_report = time.time()

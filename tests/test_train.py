@@ -1,0 +1,139 @@
+"""Training runs end to end on a built-in synthetic set: learning, determinism, resume,
+cancellation, checkpoint safety, the CLI and the queue."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from core.checkpoints import build_model_from_checkpoint, load_checkpoint
+from core.config import RunConfig
+from core.errors import CheckpointError
+from core.paths import PROJECT_ROOT
+from core.queue import cancel, enqueue, wait_for
+from core.runs import Registry
+from core.train import train_run
+
+# Small enough for a few seconds per run on two CPU cores.
+TINY = dict(dataset="synthetic-nuclei", train_fraction=0.5, augmentation="light", steps_per_epoch=4,
+            batch_size=4, patch_size=64, base_width=8, depth=3, tile_size=256, threads=2)
+
+
+def test_training_beats_the_untrained_model():
+    config = RunConfig(**{**TINY, "epochs": 3, "steps_per_epoch": 12, "patch_size": 128, "base_width": 16})
+    result = train_run(config, show_progress=False)
+    assert result.status == "finished" and result.epochs_done == 3
+    trained, untrained = result.final_metrics["val_f1"], result.untrained_metrics["val_f1"]
+    assert trained > untrained + 0.2, (trained, untrained)
+    assert trained > 0.6
+    registry = Registry()
+    epochs = registry.epochs(result.run_id)
+    assert [row["epoch"] for row in epochs] == [0, 1, 2, 3]
+    assert registry.get_run(result.run_id).status == "finished"
+    model, stored_config, payload = build_model_from_checkpoint(f"{result.checkpoint_dir}/best.pt")
+    assert stored_config == config and payload["epoch"] == result.best_epoch
+
+
+def test_same_seed_gives_identical_metrics():
+    first = train_run(RunConfig(**TINY, epochs=2), show_progress=False)
+    second = train_run(RunConfig(**TINY, epochs=2), show_progress=False)
+    keys = ["val_loss", "val_f1", "train_loss", "val_tp", "val_fp"]
+    assert [first.final_metrics[k] for k in keys] == [second.final_metrics[k] for k in keys]
+    other_seed = train_run(RunConfig(**TINY, epochs=2, seed=1), show_progress=False)
+    assert other_seed.final_metrics["train_loss"] != first.final_metrics["train_loss"]
+
+
+def _core(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "core", *args], cwd=PROJECT_ROOT, env=os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_sigterm_cancels_cleanly_and_resume_matches_uninterrupted_run():
+    config = RunConfig(**{**TINY, "epochs": 3, "steps_per_epoch": 30})
+    uninterrupted = train_run(config, show_progress=False)
+
+    args = ["train", "--dataset", config.dataset, "--train-fraction", "0.5", "--augmentation", "light",
+            "--epochs", "3", "--steps-per-epoch", "30", "--batch-size", "4", "--patch-size", "64",
+            "--width", "8", "--depth", "3", "--threads", "2", "--quiet", "--no-evaluate", "--json"]
+    process = _core(*args)
+    registry = Registry()
+    deadline = time.time() + 120
+    run_id = None
+    while time.time() < deadline:  # wait until epoch 1 is stored, then stop the run mid-epoch 2
+        runs = registry.list_runs(status="running")
+        if runs and any(row["epoch"] == 1 for row in registry.epochs(runs[0].id)):
+            run_id = runs[0].id
+            break
+        time.sleep(0.05)
+    assert run_id, "the run never finished its first epoch"
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    record = registry.get_run(run_id)
+    assert record.status == "cancelled"
+    assert load_checkpoint(record.last_checkpoint)["epoch"] == 1  # intact, the last whole epoch
+
+    resumed = _core("train", "--resume", run_id, "--quiet", "--no-evaluate", "--json")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-500:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["status"] == "finished"
+    for key in ("val_loss", "val_f1", "train_loss"):
+        assert summary["validation"][key] == pytest.approx(uninterrupted.final_metrics[key], abs=1e-6), key
+
+
+def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"state_dict": Evil(), "config": {}}, handle)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a U-Net Lab checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_train_cli_prints_json_and_bad_fraction_is_a_clear_error():
+    process = _core("train", "--dataset", "synthetic-nuclei", "--train-fraction", "0", "--json")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2 and "train_fraction" in err and "Traceback" not in err
+    process = _core("train", "--dataset", "synthetic-nuclei", "--train-fraction", "0.3", "--epochs", "1",
+                    "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "64", "--width", "8",
+                    "--depth", "3", "--quiet", "--no-evaluate", "--json")
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-500:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["status"] == "finished" and 0 <= summary["validation"]["val_f1"] <= 1
+    assert Registry().get_run(summary["run_id"]).status == "finished"
+
+
+def test_queue_worker_trains_queued_runs_and_cancels_queued_ones():
+    registry = Registry()
+    first, second = enqueue([RunConfig(**TINY, epochs=1), RunConfig(**TINY, epochs=1, seed=5)], registry,
+                            start_worker=False)
+    assert cancel(second, registry) == "cancelled"
+    from core.queue import ensure_worker, worker_running
+
+    assert ensure_worker(registry) is True
+    statuses = wait_for([first], registry, timeout=300)
+    assert statuses == {first: "finished"}
+    assert registry.get_run(second).status == "cancelled"
+    assert worker_running(registry)  # still idling, waiting for more work
+    assert ensure_worker(registry) is False  # never a second worker
