@@ -77,6 +77,23 @@ def iter_tiles(height: int, width: int, settings: TileSettings) -> Iterator[tupl
             yield top, left, tile_h, tile_w
 
 
+def match_channels(image: np.ndarray, channels: int, source: str = "the image") -> np.ndarray:
+    """Adapt an (H, W, C) image to a model's input channels.
+
+    Grey becomes RGB by repetition and RGB becomes grey by the channel mean, so a model
+    trained on one kind still segments the other; any other mismatch is an error.
+    """
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == channels:
+        return image
+    if image.shape[2] == 1 and channels == 3:
+        return np.repeat(image, 3, axis=2)
+    if image.shape[2] == 3 and channels == 1:
+        return image.mean(axis=2, keepdims=True)
+    raise UNetLabError(f"{source} has {image.shape[2]} channels; the model expects {channels}")
+
+
 def autocast_context(device: torch.device, precision: str):
     """The autocast context for a resolved precision ("fp32", "bf16" or "fp16")."""
     if precision == "bf16":

@@ -63,13 +63,9 @@ def run(args: argparse.Namespace) -> int:
         result = train_run(config_from_args(args), show_progress=not args.quiet)
     summary = result.to_dict()
     if args.evaluate and result.status == "finished":
-        try:
-            from core.evaluate import evaluate_run
-        except ImportError:
-            evaluate_run = None
-        if evaluate_run is not None:
-            evaluation = evaluate_run(result.run_id, show_progress=not args.quiet)
-            summary["evaluation"] = evaluation.headline()
+        from core.evaluate import evaluate_run
+
+        summary["evaluation"] = evaluate_run(result.run_id, show_progress=not args.quiet).headline()
     if args.json:
         print(json.dumps(summary))
     else:
