@@ -37,8 +37,8 @@ class TileSettings:
     def __post_init__(self) -> None:
         if self.tile_size < 16:
             raise UNetLabError(f"tile_size must be at least 16 pixels, got {self.tile_size}")
-        if not 0 <= self.overlap < self.tile_size // 2 + 1:
-            raise UNetLabError(f"overlap must be in [0, tile_size/2], got {self.overlap} for tile {self.tile_size}")
+        if not 0 <= self.overlap < self.tile_size:
+            raise UNetLabError(f"overlap must be in [0, tile_size), got {self.overlap} for tile {self.tile_size}")
         if self.batch_size < 1:
             raise UNetLabError("batch_size must be at least 1")
 
