@@ -63,7 +63,7 @@ def test_flip_tta_and_channels():
     image = np.random.default_rng(1).random((40, 50, 3), dtype=np.float32)
     model = Pointwise(3)
     plain = predict_probabilities(model, image, TileSettings(tile_size=64, overlap=16))
-    flipped = predict_probabilities(model, image, TileSettings(tile_size=64, flip_tta=True))
+    flipped = predict_probabilities(model, image, TileSettings(tile_size=64, overlap=16, flip_tta=True))
     np.testing.assert_allclose(plain, flipped, atol=1e-6)  # a pointwise model is flip-equivariant
     assert match_channels(image, 1).shape == (40, 50, 1)
     assert match_channels(image[:, :, :1], 3).shape == (40, 50, 3)
