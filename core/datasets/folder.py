@@ -1,0 +1,111 @@
+"""Any ``images/`` + ``masks/`` folder pair, matched by file stem (the ``folder`` dataset).
+
+Images: PNG, TIFF or JPEG; 8/16-bit; grey, RGB or RGBA (alpha dropped). If a folder mixes
+grey and colour images, the grey ones are converted to RGB so every image has 3 channels.
+Masks: binary (two values, e.g. 0/255 or 0/1; the larger is the positive class) -> instances
+are its connected components (8-neighbour); or a label image (more than two values) ->
+instances are its labels, renumbered 1..N, and the mask is ``labels > 0``. Masks without an
+image are ignored (and counted in ``checks``).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from core.datasets.base import DatasetSpec, RawData, Source, SourcePlan
+from core.datasets.io import IMAGE_SUFFIXES, mask_from_labels, read_label_image, read_raw_image
+from core.datasets.stacks import require_root
+from core.errors import DatasetError
+
+FOLDER = DatasetSpec(
+    name="folder",
+    title="Your own images/ + masks/ folder",
+    description="Any folder holding images/ and masks/ with one mask per image, matched by file stem.",
+    positive_class="foreground",
+    kind="objects",
+    splits=("train",),
+    labelled_splits=("train",),
+    needs_root=True,
+    layout="a folder with images/ and masks/ side by side; each images/NAME.(png|tif|tiff|jpg|jpeg) has a "
+    "masks/NAME.* (8/16-bit; binary 0/255 or 0/1, or an instance-label image with 0 = background).",
+    paper_size=None,
+)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files in ``folder`` (not recursive), sorted by name; hidden files skipped."""
+    return sorted(
+        path for path in folder.iterdir()
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    )
+
+
+def read_pair(image_path: Path, mask_path: Path | None, connectivity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one image and its mask, checking that their sizes match."""
+    image = read_raw_image(image_path)
+    labels = read_label_image(mask_path)
+    if labels.shape != image.shape[:2]:
+        raise DatasetError(
+            f"{mask_path}: mask is {labels.shape[1]}x{labels.shape[0]} but image {image_path.name} is "
+            f"{image.shape[1]}x{image.shape[0]} (image/mask size mismatch)"
+        )
+    mask, instances = mask_from_labels(labels, connectivity, str(mask_path))
+    return image, mask, instances
+
+
+def read_pairs(pairs: list[tuple[str, Path, Path]], connectivity: int) -> RawData:
+    """Read (name, image, mask) triples in parallel (decoders release the GIL)."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(lambda pair: read_pair(pair[1], pair[2], connectivity), pairs))
+    return RawData(
+        images=[image for image, _, _ in results],
+        masks=[mask for _, mask, _ in results],
+        instances=[instances for _, _, instances in results],
+        names=[name for name, _, _ in pairs],
+        checks=[f"{len(pairs)} masks readable, binary or label images, each the size of its image"],
+    )
+
+
+def _plan(root: Path | None, split: str) -> SourcePlan:
+    root = require_root(FOLDER, root)
+    images_dir, masks_dir = root / "images", root / "masks"
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: folder not found. Expected layout: {FOLDER.layout}")
+    images = image_files(images_dir)
+    if not images:
+        raise DatasetError(f"{images_dir}: empty folder, no PNG, TIFF or JPEG images")
+    masks_by_stem: dict[str, list[Path]] = {}
+    for path in image_files(masks_dir):
+        masks_by_stem.setdefault(path.stem, []).append(path)
+    pairs = []
+    for image in images:
+        candidates = masks_by_stem.get(image.stem, [])
+        if not candidates:
+            raise DatasetError(f"{image}: missing mask for image (expected {masks_dir / image.stem}.png/.tif/...)")
+        if len(candidates) > 1:
+            raise DatasetError(f"{image}: several masks match it ({', '.join(c.name for c in candidates)})")
+        pairs.append((image.stem, image, candidates[0]))
+    stems = [image.stem for image in images]
+    if len(set(stems)) != len(stems):
+        duplicated = sorted({stem for stem in stems if stems.count(stem) > 1})
+        raise DatasetError(f"{images_dir}: several images share a stem ({', '.join(duplicated)}); masks match by stem")
+    unmatched = len(set(masks_by_stem) - set(stems))
+    files = [path for _, image, mask in pairs for path in (image, mask)]
+    return SourcePlan(files=files, items=(pairs, unmatched))
+
+
+def _read(plan: SourcePlan) -> RawData:
+    pairs, unmatched = plan.items
+    raw = read_pairs(pairs, connectivity=2)
+    raw.checks.insert(0, f"layout: images/ and masks/ with {len(pairs)} pairs matched by stem")
+    if unmatched:
+        raw.checks.append(f"{unmatched} masks without an image ignored")
+    return raw
+
+
+SOURCES = [Source(FOLDER, _plan, _read)]

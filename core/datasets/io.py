@@ -1,0 +1,353 @@
+"""Reading images, masks and TIFF stacks into numpy arrays, with clear errors.
+
+Three kinds of reader:
+
+- ``read_raw_image`` / ``read_image``: one picture (PNG, TIFF, JPEG; 8/16-bit; grey, RGB, RGBA)
+  as (H, W, C) with C = 1 or 3 (alpha dropped). The raw reader keeps the native dtype
+  (uint8 or uint16; float only for float TIFFs) so datasets stay small in memory;
+  ``to_float`` turns it into float32 in [0, 1].
+- ``read_label_image``: one mask file as a 2-D non-negative integer (or bool) array. Palette
+  PNGs give their palette indices (the NCMIR labels are palette PNGs with indices {0, 1}).
+- ``read_stack``: a multi-page TIFF as (N, H, W).
+
+``mask_from_labels`` decides whether a label array is a binary mask or an instance-label image.
+Every failure raises :class:`~core.errors.DatasetError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import DatasetError
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+# ---- opening any source ------------------------------------------------------------------
+
+
+def _source_bytes(source: Any) -> tuple[bytes, str]:
+    """The file's bytes and a label naming it in error messages.
+
+    ``source`` may be a path, raw bytes, or a file-like object (e.g. Streamlit's
+    ``UploadedFile``, which has ``getvalue`` and ``name``).
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise DatasetError(f"{path}: file not found")
+        try:
+            return path.read_bytes(), str(path)
+        except OSError as error:
+            raise DatasetError(f"{path}: cannot read file ({error.strerror or error})") from None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), "<uploaded bytes>"
+    label = str(getattr(source, "name", "<uploaded file>"))
+    if hasattr(source, "getvalue"):
+        return bytes(source.getvalue()), label
+    if hasattr(source, "read"):
+        return bytes(source.read()), label
+    raise DatasetError(f"cannot read an image from a {type(source).__name__}; give a path, bytes or a file object")
+
+
+def _decode(data: bytes, label: str, palette_indices: bool) -> np.ndarray:
+    """Decode bytes with tifffile (TIFF) or Pillow (everything else) into a numpy array.
+
+    Returns (H, W) or (H, W, C) in the file's dtype. Palette images give their indices if
+    ``palette_indices``, else their colours.
+    """
+    if not data:
+        raise DatasetError(f"{label}: empty file")
+    try:
+        if data[:4] in _TIFF_MAGIC:
+            return _decode_tiff(data, label)
+        return _decode_pillow(data, label, palette_indices)
+    except DatasetError:
+        raise
+    except Exception as error:  # every decoder failure (truncated, not an image, ...) is bad input
+        raise DatasetError(f"{label}: unreadable or corrupt image file ({type(error).__name__}: {error})") from None
+
+
+def _decode_tiff(data: bytes, label: str) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        series = tif.series[0]
+        array = series.asarray()
+        axes = series.axes
+    # Planar RGB ("SYX") becomes interleaved (Y, X, S).
+    if "S" in axes and axes.index("S") != len(axes) - 1:
+        array = np.moveaxis(array, axes.index("S"), -1)
+        axes = axes.replace("S", "") + "S"
+    extra = [size for axis, size in zip(axes, array.shape) if axis not in "YXS" and size > 1]
+    if extra:
+        raise DatasetError(
+            f"{label}: a stack of {int(np.prod(extra))} pages {array.shape} where one image was expected"
+        )
+    keep = [axis in "YXS" for axis in axes]
+    return array.reshape([size for size, kept in zip(array.shape, keep) if kept])
+
+
+def _decode_pillow(data: bytes, label: str, palette_indices: bool) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        mode = image.mode
+        if mode in ("P", "PA") and not palette_indices:
+            image = image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
+        elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            image = image.convert("RGB")
+        array = np.asarray(image)
+    if array.dtype.byteorder == ">":  # "I;16B" arrives big-endian
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
+# ---- images ---------------------------------------------------------------------------------
+
+
+def _native_dtype(array: np.ndarray, label: str) -> np.ndarray:
+    """uint8 and uint16 stay; other integers move to uint16 if they fit; floats become float32 in [0, 1]."""
+    if array.dtype == np.uint8 or array.dtype == np.uint16:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * np.uint8(255)
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise DatasetError(
+                f"{label}: {array.dtype} image with values {low}..{high} does not fit 16 bits; "
+                "save it as 8- or 16-bit unsigned"
+            )
+        return array.astype(np.uint16)
+    if np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32)
+        if not np.isfinite(array).all():
+            raise DatasetError(f"{label}: float image contains NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low >= 0.0 and high <= 1.0:
+            return array
+        # A float image outside [0, 1] has no natural white point: stretch min..max to 0..1.
+        return (array - low) / (high - low) if high > low else np.zeros_like(array)
+    raise DatasetError(f"{label}: unsupported pixel type {array.dtype}")
+
+
+def read_raw_image(source: Any) -> np.ndarray:
+    """Read one image in its native dtype.
+
+    Parameters
+    ----------
+    source : path, bytes or file-like
+        A PNG, TIFF or JPEG file (8- or 16-bit; grey, grey+alpha, RGB, RGBA, palette).
+
+    Returns
+    -------
+    ndarray, shape (H, W, C), C = 1 (grey) or 3 (colour)
+        uint8 or uint16; float32 in [0, 1] for float TIFFs (a float image outside [0, 1] is
+        stretched from its min..max). Alpha channels are dropped.
+
+    Raises
+    ------
+    DatasetError
+        Missing, unreadable or corrupt file; a multi-page stack; an unsupported channel count.
+    """
+    data, label = _source_bytes(source)
+    array = _decode(data, label, palette_indices=False)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise DatasetError(f"{label}: expected a 2-D image, got an array of shape {array.shape}")
+    channels = array.shape[2]
+    if channels == 2:  # grey + alpha
+        array = array[:, :, :1]
+    elif channels == 4:  # RGBA
+        array = array[:, :, :3]
+    elif channels not in (1, 3):
+        raise DatasetError(f"{label}: {channels} channels; expected grey (1), RGB (3) or RGBA (4)")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise DatasetError(f"{label}: image has no pixels (shape {array.shape})")
+    return np.ascontiguousarray(_native_dtype(array, label))
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+    """Native image -> float32 in [0, 1]: uint8 / 255, uint16 / 65535, floats unchanged.
+
+    16-bit images are divided by 65535 (the dtype's range, as ``skimage.img_as_float`` does),
+    so a 12-bit camera image stays dim rather than being stretched per image.
+    """
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) * np.float32(1 / 255)
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) * np.float32(1 / 65535)
+    return image.astype(np.float32, copy=False)
+
+
+def read_image(path_or_bytes: Any) -> np.ndarray:
+    """Read one image as float32 (H, W, C) in [0, 1].
+
+    Parameters
+    ----------
+    path_or_bytes : str, Path, bytes or file-like
+        PNG, TIFF or JPEG; 8/16-bit; grey, RGB or RGBA (alpha dropped).
+
+    Returns
+    -------
+    ndarray, float32, shape (H, W, C), C = 1 or 3
+
+    Raises
+    ------
+    DatasetError
+        On a missing, unreadable or unsupported file.
+    """
+    return to_float(read_raw_image(path_or_bytes))
+
+
+# ---- masks ----------------------------------------------------------------------------------
+
+
+def read_label_image(source: Any) -> np.ndarray:
+    """Read one mask file as a 2-D label array.
+
+    Returns
+    -------
+    ndarray, shape (H, W)
+        bool or a non-negative integer dtype. Palette PNGs give palette indices; an RGB(A)
+        mask whose colour channels are equal gives one channel.
+
+    Raises
+    ------
+    DatasetError
+        Unreadable file, colour mask with differing channels, float values that are not whole
+        numbers, negative values.
+    """
+    data, label = _source_bytes(source)
+    array = _decode(data, label, palette_indices=True)
+    if array.ndim == 3:
+        channels = array.shape[2]
+        colour = array[:, :, :3] if channels >= 3 else array[:, :, :1]
+        if channels in (3, 4) and not (
+            np.array_equal(colour[:, :, 0], colour[:, :, 1]) and np.array_equal(colour[:, :, 0], colour[:, :, 2])
+        ):
+            raise DatasetError(
+                f"{label}: mask is neither binary nor a label image: a {channels}-channel mask whose "
+                "colour channels differ (save masks as one grey channel)"
+            )
+        array = colour[:, :, 0]
+    if array.ndim != 2:
+        raise DatasetError(f"{label}: expected a 2-D mask, got an array of shape {array.shape}")
+    return check_label_values(array, label)
+
+
+def check_label_values(array: np.ndarray, label: str) -> np.ndarray:
+    """Return ``array`` as bool or non-negative integers, or raise if it holds other values."""
+    if array.dtype == bool or array.dtype == np.uint8 or array.dtype == np.uint16:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
+            raise DatasetError(
+                f"{label}: mask is neither binary nor a label image: it holds fractional float values "
+                "(a probability map?); save 0/1, 0/255 or integer instance ids"
+            )
+        array = array.astype(np.int64)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise DatasetError(f"{label}: unsupported mask pixel type {array.dtype}")
+    if array.size and int(array.min()) < 0:
+        raise DatasetError(f"{label}: mask holds negative values (min {int(array.min())})")
+    return array
+
+
+def distinct_values(array: np.ndarray) -> np.ndarray:
+    """Sorted distinct values; a bincount for bool/uint8, which is much faster than np.unique."""
+    if array.dtype == bool:
+        array = array.view(np.uint8)
+    if array.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(array.ravel(), minlength=256))
+    return np.unique(array)
+
+
+def binary_mask(labels: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+    """The positive pixels of a binary label array: the larger of its two values.
+
+    One distinct value means all-background (0) or all-foreground (anything else).
+    """
+    values = distinct_values(labels) if values is None else values
+    if len(values) == 2:
+        return labels == values[1]
+    return labels > 0
+
+
+def mask_from_labels(labels: np.ndarray, connectivity: int, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Binary mask and instance labels from one 2-D mask array.
+
+    Parameters
+    ----------
+    labels : ndarray, shape (H, W), bool or non-negative integers
+    connectivity : int
+        1 (4-neighbours) or 2 (8-neighbours) for connected components of a binary mask.
+    label : str
+        Names the file in messages.
+
+    Returns
+    -------
+    mask : ndarray, bool, shape (H, W)
+    instances : ndarray, shape (H, W), uint16 or int32 (see ``compact_labels``)
+        A binary mask (at most two distinct values) gives the connected components of its
+        positive pixels; a label image (more than two values) gives its labels renumbered 1..N
+        in order, and its mask is ``labels > 0``.
+    """
+    from skimage.measure import label as connected_components
+    from skimage.segmentation import relabel_sequential
+
+    values = distinct_values(labels)
+    if len(values) <= 2:
+        mask = binary_mask(labels, values)
+        instances = connected_components(mask, connectivity=connectivity)
+    else:
+        mask = labels > 0
+        instances = relabel_sequential(labels.astype(np.int64, copy=False))[0]
+    return mask, compact_labels(instances)
+
+
+def compact_labels(instances: np.ndarray) -> np.ndarray:
+    """Store instance ids as uint16 when they fit (half the memory of int32), else int32."""
+    top = int(instances.max()) if instances.size else 0
+    if top > np.iinfo(np.int32).max:
+        raise DatasetError(f"more than 2**31 instance ids ({top}) in one image")
+    return instances.astype(np.uint16 if top <= 65535 else np.int32, copy=False)
+
+
+# ---- stacks ---------------------------------------------------------------------------------
+
+
+def read_stack(path: Path) -> np.ndarray:
+    """Read a multi-page TIFF stack.
+
+    Returns
+    -------
+    ndarray, shape (N, H, W), the file's dtype (a single page gives N = 1)
+
+    Raises
+    ------
+    DatasetError
+        Missing or corrupt file, or pages that are not single-channel 2-D images.
+    """
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        stack = tifffile.imread(path)
+    except Exception as error:
+        raise DatasetError(f"{path}: unreadable or corrupt TIFF stack ({type(error).__name__}: {error})") from None
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3:
+        raise DatasetError(f"{path}: expected a stack of grey pages (N, H, W), got shape {stack.shape}")
+    return stack
