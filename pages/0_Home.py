@@ -1,0 +1,62 @@
+"""Home: what U-Net Lab does, the datasets it knows and the recent runs with their status."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # lets the page run on its own (streamlit run pages/..., AppTest)
+    sys.path.insert(0, ROOT)
+
+import streamlit as st  # noqa: E402
+
+from core import app_support as support  # noqa: E402
+from core.datasets import list_datasets  # noqa: E402
+from core.queue import worker_running  # noqa: E402
+from core.runs import Registry  # noqa: E402
+
+
+@st.cache_resource
+def training_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} found)"
+    return f"CPU ({torch.get_num_threads()} threads); no GPU found"
+
+
+st.title("U-Net Lab")
+st.markdown(
+    "Comparison studies of small-data biomedical segmentation with a U-Net. "
+    "**Train** runs with a chosen training fraction and augmentation level (one run or a grid, "
+    "queued and trained in the background), **Compare** their validation scores, look at "
+    "**Curves** (ROC, precision-recall) and **Masks** (errors and instances laid over the images), "
+    "and **Segment** images of your own with a trained model."
+)
+st.caption(f"Training device: {training_device()}. Runs and results are stored in the run registry "
+           f"`{Registry().path}`.")
+
+st.header("Datasets")
+st.markdown("Built-in synthetic sets need no files; the others (and any folder of images + masks) are "
+            "used by registering their folder on the **Train** page.")
+st.dataframe(support.datasets_table(list_datasets(), support.load_user_datasets()),
+             hide_index=True, width="stretch")
+
+
+@st.fragment(run_every=3)
+def recent_runs() -> None:
+    registry = Registry()
+    registry.reap_dead()
+    runs = registry.list_runs()
+    active = sum(run.status in ("queued", "running") for run in runs)
+    worker = "running" if worker_running(registry) else "idle (starts when a run is launched)"
+    st.markdown(f"**{len(runs)}** runs in the registry, **{active}** queued or running; training worker: {worker}.")
+    if not runs:
+        st.info("No runs yet: open the **Train** page to launch one on the built-in `synthetic-nuclei` data.")
+        return
+    st.dataframe(support.status_table(runs[:20]), hide_index=True, width="stretch")
+
+
+st.header("Recent runs")
+recent_runs()

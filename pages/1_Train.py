@@ -1,0 +1,262 @@
+"""Train: choose a dataset and settings, launch one run or a grid, follow the queue live."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # lets the page run on its own (streamlit run pages/..., AppTest)
+    sys.path.insert(0, ROOT)
+
+import streamlit as st  # noqa: E402
+
+from core import app_support as support  # noqa: E402
+from core import queue  # noqa: E402
+from core.config import AUGMENTATION_LEVELS, LOSSES, RunConfig  # noqa: E402
+from core.datasets import describe_dataset, get_spec, list_datasets, load_dataset  # noqa: E402
+from core.errors import UNetLabError  # noqa: E402
+from core.runs import Registry  # noqa: E402
+
+DEFAULTS = RunConfig()
+
+
+@st.cache_data(show_spinner="Loading the dataset...")
+def dataset_facts(name: str, root: str | None) -> dict:
+    return describe_dataset(name, root)
+
+
+@st.cache_resource(show_spinner="Loading the dataset...")
+def cached_dataset(name: str, root: str | None):
+    return load_dataset(name, root, split="train")
+
+
+@st.cache_data(show_spinner="Augmenting a preview...")
+def augmentation_preview(name: str, root: str | None, level: str, patch_size: int, seed: int):
+    from core.augment import preview_grid
+
+    sample = cached_dataset(name, root)[0]
+    return preview_grid(sample.image, sample.mask, level, n=5, seed=seed, patch_size=patch_size,
+                        instances=sample.instances, columns=6)
+
+
+@st.cache_data
+def augmentation_steps(level: str) -> list[str]:
+    from core.augment import describe_level
+
+    return describe_level(level)
+
+
+@st.cache_resource
+def default_parallel() -> int:
+    return queue.default_parallel()
+
+
+def set_fraction(value: float) -> None:
+    st.session_state["train_fraction"] = value
+
+
+st.title("Train")
+st.markdown("Runs train in separate processes through a queue, so you can reload this page, open it in "
+            "a second tab or close the browser: nothing is lost. An *epoch* is a fixed number of "
+            "optimiser steps on random patches, followed by validation on the run's fixed validation part.")
+
+# ---- dataset --------------------------------------------------------------------------------
+
+st.header("1. Dataset")
+specs = list_datasets()
+choices = support.dataset_choices(specs, support.load_user_datasets())
+labels = [choice.label for choice in choices]
+chosen_label = st.selectbox("Dataset", labels, key="dataset_choice",
+                            help="Built-in synthetic sets need no files; add your own folder below.")
+choice = choices[labels.index(chosen_label)]
+
+with st.expander("Use a folder of your own (or the files of a named dataset)"):
+    folder_specs = [spec for spec in specs if spec.needs_root]
+    layout_names = [spec.name for spec in folder_specs]
+    layout = st.selectbox("Layout of the folder", layout_names,
+                          index=layout_names.index("folder") if "folder" in layout_names else 0,
+                          format_func=lambda name: f"{name}: {get_spec(name).title}", key="folder_layout")
+    st.caption(f"Expected: {get_spec(layout).layout}")
+    folder = st.text_input("Folder path on this machine", key="folder_path",
+                           placeholder="/data/my-nuclei (holding images/ and masks/)")
+    if st.button("Check and add this folder", key="register_folder"):
+        try:
+            with st.spinner("Reading every image and mask..."):
+                entry = support.register_user_dataset(layout, folder)
+        except UNetLabError as error:
+            st.error(f"This folder cannot be used: {error}")
+        else:
+            st.session_state["dataset_choice"] = entry.label
+            st.rerun()
+
+try:
+    facts = dataset_facts(choice.dataset, choice.root)
+except UNetLabError as error:
+    st.error(f"{choice.label} does not load: {error}")
+    st.stop()
+share = facts.get("foreground_fraction")
+st.markdown(
+    f"**{facts['title']}**: {facts['n_images']} labelled images, sizes "
+    f"{', '.join(f'{h}x{w}' for h, w in facts['shapes'][:4])}{' ...' if len(facts['shapes']) > 4 else ''}, "
+    f"{facts['channels']} channel(s), positive class *{facts['positive_class']}*"
+    + (f" ({share:.1%} of pixels)" if share is not None else "")
+    + (f", {facts['n_instances']} objects" if facts.get("n_instances") is not None else "") + "."
+)
+
+# ---- settings -------------------------------------------------------------------------------
+
+st.header("2. Settings")
+max_fraction = round(1 - DEFAULTS.validation_fraction, 2)
+st.session_state.setdefault("train_fraction", DEFAULTS.train_fraction)
+left, right = st.columns([2, 3])
+with left:
+    fraction = st.slider("Training fraction (share of the labelled images used for training)",
+                         min_value=0.05, max_value=max_fraction, step=0.05, key="train_fraction",
+                         help=f"The last {DEFAULTS.validation_fraction:.0%} of each seed's fixed order of the "
+                              "images is the validation part, never trained on.")
+    preset_columns = st.columns(len(support.TRAIN_FRACTION_PRESETS))
+    for column, preset in zip(preset_columns, support.TRAIN_FRACTION_PRESETS):
+        column.button(f"{preset:.0%}", key=f"preset_{preset}", on_click=set_fraction, args=(preset,),
+                      width="stretch")
+    n_train = -(-int(round(fraction * facts["n_images"] * 1000)) // 1000)
+    st.caption(f"{fraction:.0%} of {facts['n_images']} images = about {max(1, n_train)} training images.")
+    level = st.selectbox("Augmentation level", AUGMENTATION_LEVELS,
+                         index=AUGMENTATION_LEVELS.index(DEFAULTS.augmentation), key="augmentation")
+    st.markdown("\n".join(f"- {step}" for step in augmentation_steps(level)) or "- no augmentation")
+with right:
+    try:
+        st.image(augmentation_preview(choice.dataset, choice.root, level, 256, 0),
+                 caption=f"First image (top left) and 5 '{level}' augmentations of its centre patch; "
+                         "mask outlines in yellow.", width="stretch")
+    except UNetLabError as error:
+        st.warning(f"No preview: {error}")
+
+columns = st.columns(4)
+epochs = columns[0].number_input("Epochs", min_value=1, max_value=1000, value=DEFAULTS.epochs, key="epochs")
+width = columns[1].selectbox("Model width (channels of the first level)", [4, 8, 16, 32, 64],
+                             index=[4, 8, 16, 32, 64].index(DEFAULTS.base_width), key="base_width")
+loss = columns[2].selectbox("Loss", LOSSES, index=LOSSES.index(DEFAULTS.loss), key="loss",
+                            format_func={"bce": "binary cross-entropy", "bce+dice": "cross-entropy + Dice"}.get)
+seeds_text = columns[3].text_input("Seed(s)", value="0", key="seeds",
+                                   help="One run per seed, e.g. '0' or '0, 1, 2' or '0-4'. The seed also picks "
+                                        "the validation part.")
+with st.expander("More settings"):
+    more = st.columns(4)
+    steps = more[0].number_input("Steps per epoch", 1, 10000, DEFAULTS.steps_per_epoch, key="steps_per_epoch")
+    batch = more[1].number_input("Batch size", 1, 256, DEFAULTS.batch_size, key="batch_size")
+    patch = more[2].number_input("Patch size (pixels)", 16, 2048, DEFAULTS.patch_size, step=16, key="patch_size")
+    depth = more[3].number_input("Depth (poolings)", 1, 6, DEFAULTS.depth, key="depth")
+    more = st.columns(4)
+    learning_rate = more[0].number_input("Learning rate", 1e-6, 1.0, DEFAULTS.learning_rate, format="%.5f",
+                                         key="learning_rate")
+    image_size = more[1].number_input("Resize images to N x N (0 = native size)", 0, 4096, 0, step=16,
+                                      key="image_size")
+    device = more[2].selectbox("Device", ["auto", "cpu", "cuda"], key="device",
+                               help="auto: the GPU when there is one, else the CPU")
+    parallel = more[3].number_input("Runs trained at once", 1, 16, default_parallel(), key="parallel",
+                                    help="1 on the CPU (one run already uses every core); one per GPU otherwise. "
+                                         "Applies when the training worker starts.")
+
+# ---- launch ---------------------------------------------------------------------------------
+
+st.header("3. Launch")
+mode = st.radio("What to launch", ["One run per seed with the settings above",
+                                   "A grid: training fractions x augmentation levels x seeds"], key="mode")
+grid = mode.startswith("A grid")
+if grid:
+    grid_columns = st.columns(3)
+    fractions = grid_columns[0].multiselect("Training fractions", [0.1, 0.2, 0.3, 0.5, 0.8], default=[0.1, 0.2, 0.5, 0.8],
+                                            format_func=lambda f: f"{f:.0%}", key="grid_fractions")
+    levels = grid_columns[1].multiselect("Augmentation levels", AUGMENTATION_LEVELS, default=list(AUGMENTATION_LEVELS),
+                                         key="grid_levels")
+    study = grid_columns[2].text_input("Study name", value=f"grid-{time.strftime('%Y%m%d-%H%M')}", key="study")
+else:
+    fractions, levels, study = [fraction], [level], None
+
+try:
+    seeds = support.parse_seeds(seeds_text)
+    base = RunConfig(dataset=choice.dataset, root=choice.root, epochs=int(epochs), base_width=int(width),
+                     loss=loss, steps_per_epoch=int(steps), batch_size=int(batch), patch_size=int(patch),
+                     depth=int(depth), learning_rate=float(learning_rate), device=device,
+                     image_size=int(image_size) or None)
+    configs = support.grid_configs(base, fractions, levels, seeds, study=study or None)
+except UNetLabError as error:
+    configs = []
+    st.error(str(error))
+if configs:
+    st.caption(f"{len(configs)} run(s): " + "; ".join(config.label() for config in configs[:6])
+               + (" ..." if len(configs) > 6 else ""))
+if st.button(f"Launch {len(configs)} run(s)", type="primary", disabled=not configs, key="launch"):
+    registry = Registry()
+    run_ids = queue.enqueue(configs, registry, start_worker=False)
+    queue.ensure_worker(registry, max_parallel=int(parallel))
+    st.success(f"Queued {len(run_ids)} run(s); they appear below and train one after another.")
+
+# ---- queue ----------------------------------------------------------------------------------
+
+st.header("4. Runs")
+
+
+def cancel(run_id: str) -> None:
+    try:
+        state = queue.cancel(run_id)
+        st.toast(f"{run_id}: {state}")
+    except UNetLabError as error:
+        st.toast(f"Cannot cancel: {error}")
+
+
+def resume(run_id: str) -> None:
+    try:
+        queue.resume(run_id)
+        queue.ensure_worker(max_parallel=int(st.session_state.get("parallel", 1)))
+        st.toast(f"{run_id}: queued again; it continues from its last finished epoch")
+    except UNetLabError as error:
+        st.toast(f"Cannot resume: {error}")
+
+
+@st.fragment(run_every=2)
+def runs_panel() -> None:
+    registry = Registry()
+    registry.reap_dead()
+    runs = registry.list_runs()
+    active = [run for run in runs if run.status in ("queued", "running")]
+    ended = [run for run in runs if run.status not in ("queued", "running")]
+    worker = queue.worker_running(registry)
+    st.caption(f"{len(active)} queued or running, {len(ended)} ended. Training worker: "
+               f"{'running' if worker else 'idle'}. Updates every 2 s.")
+    if active and not worker and any(run.status == "queued" for run in active):
+        st.warning("Runs are queued but no worker serves them.")
+        st.button("Start the worker", key="start_worker", on_click=queue.ensure_worker)
+    if not runs:
+        st.info("No runs yet: launch one above.")
+        return
+    show_ended = st.toggle("Show ended runs", value=True, key="show_ended")
+    for run in active + (ended[:12] if show_ended else []):
+        view = support.progress_view(run.status, run.progress, run.error)
+        with st.container(border=True):
+            head, buttons = st.columns([5, 1])
+            head.markdown(f"**{run.config.label()}** &nbsp; `{run.id}` &nbsp; status: **{run.status}**")
+            if run.status in ("queued", "running"):
+                buttons.button("Cancel", key=f"cancel-{run.id}", on_click=cancel, args=(run.id,))
+            elif run.status in ("failed", "cancelled"):
+                buttons.button("Resume", key=f"resume-{run.id}", on_click=resume, args=(run.id,))
+            st.progress(view.fraction, text=view.text)
+            if run.status == "failed" and run.error:
+                with st.expander("Error"):
+                    st.code(run.error)
+            history = registry.epochs(run.id)
+            if run.status == "running" and history:
+                figure = support.training_curves_figure({run.config.label(): history})
+                figure.update_layout(height=260, showlegend=False, margin={"t": 40, "b": 20})
+                st.plotly_chart(figure, key=f"chart-{run.id}")
+            elif history:
+                last = history[-1]
+                st.caption(f"Epoch {last['epoch']}: validation pixel F1 (Dice) at threshold "
+                           f"{run.config.threshold:g} = {last['val_f1']:.4f} "
+                           f"(TP {last['val_tp']:,}, FP {last['val_fp']:,}, FN {last['val_fn']:,} pixels); "
+                           f"untrained model: {history[0]['val_f1']:.4f}.")
+
+
+runs_panel()

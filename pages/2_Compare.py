@@ -1,0 +1,87 @@
+"""Compare: the runs table, the training-fraction x augmentation grid, training curves, CSV."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # lets the page run on its own (streamlit run pages/..., AppTest)
+    sys.path.insert(0, ROOT)
+
+import streamlit as st  # noqa: E402
+
+from core import app_support as support  # noqa: E402
+from core.postprocess import METHODS  # noqa: E402
+from core.runs import STATUSES, Registry  # noqa: E402
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def stored_summary(registry_path: str, run_id: str, finished: float | None) -> dict | None:
+    """A run's stored validation evaluation; ``finished`` keys the cache (re-runs change it)."""
+    return Registry(registry_path).get_evaluation(run_id, "val")
+
+
+st.title("Compare")
+registry = Registry()
+registry.reap_dead()
+runs = registry.list_runs()
+if not runs:
+    st.info("No runs yet. Launch some on the **Train** page; finished runs are evaluated on their "
+            "validation part automatically and appear here.")
+    st.stop()
+
+# ---- filters and the table ------------------------------------------------------------------
+
+st.header("Runs")
+filters = st.columns(4)
+datasets = sorted({run.config.dataset for run in runs})
+chosen_datasets = filters[0].multiselect("Dataset", datasets, default=datasets, key="filter_datasets")
+present = [status for status in STATUSES if any(run.status == status for run in runs)]
+chosen_statuses = filters[1].multiselect("Status", present, default=present, key="filter_statuses")
+studies = sorted({run.study or "(none)" for run in runs})
+chosen_studies = filters[2].multiselect("Study", studies, default=studies, key="filter_studies")
+method = filters[3].selectbox("Post-processing for the instance scores", list(METHODS), key="method")
+
+shown = [run for run in runs if run.config.dataset in chosen_datasets and run.status in chosen_statuses
+         and (run.study or "(none)") in chosen_studies]
+summaries = {run.id: stored_summary(str(registry.path), run.id, run.finished) for run in shown}
+table = support.runs_table(shown, summaries, method=method)
+st.caption("Scores are computed on each run's fixed validation part (never trained on) with its best "
+           "checkpoint; pixel scores sum TP/FP/FN over the validation images; mAPs are means over images. "
+           "Empty cells: the run is not evaluated yet.")
+st.dataframe(table, hide_index=True, width="stretch",
+             column_config={"Train fraction": st.column_config.NumberColumn(format="percent")})
+st.download_button("Download this table as CSV", table.to_csv(index=False).encode(),
+                   file_name="unetlab-runs.csv", mime="text/csv", key="download_csv")
+
+# ---- the grid -------------------------------------------------------------------------------
+
+st.header("Training fraction x augmentation")
+evaluated = table.dropna(subset=[support.METRIC_NAMES["roc_auc"]])
+if evaluated.empty:
+    st.info("No evaluated runs among those shown yet.")
+else:
+    grid_columns = st.columns(2)
+    grid_dataset = grid_columns[0].selectbox("Dataset", sorted(set(evaluated["Dataset"])), key="grid_dataset")
+    metrics = support.comparable_metrics(evaluated)
+    default_metric = next((m for m in metrics if m.startswith("Pixel F1 (Dice)")), metrics[0])
+    metric = grid_columns[1].selectbox("Metric", metrics, index=metrics.index(default_metric), key="grid_metric")
+    subset = evaluated[evaluated["Dataset"] == grid_dataset]
+    summary = support.grid_summary(subset, metric)
+    st.plotly_chart(support.grid_heatmap(summary, title=f"{metric} on {grid_dataset}: mean ± sd over seeds"),
+                    key="grid_heatmap")
+    st.caption(f"Each cell: mean ± sample standard deviation over the seeds of that setting, and n, the number "
+               f"of evaluated runs ({len(subset)} in all, validation parts).")
+
+# ---- training curves ------------------------------------------------------------------------
+
+st.header("Training curves")
+labels = {run.id: f"{run.config.label()} ({run.id[-6:]})" for run in shown}
+with_epochs = [run.id for run in shown if run.status in ("finished", "running", "failed", "cancelled")]
+chosen = st.multiselect("Runs", with_epochs, default=with_epochs[:5], format_func=labels.get, key="curve_runs")
+if chosen:
+    histories = {labels[run_id]: registry.epochs(run_id) for run_id in chosen}
+    st.plotly_chart(support.training_curves_figure(histories), key="training_curves")
+    st.caption("Epoch 0 is the untrained model. Validation scores use each run's threshold and its "
+               "validation part.")

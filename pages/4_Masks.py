@@ -1,0 +1,165 @@
+"""Masks: a validation image with truth, prediction and errors overlaid, the instances of every
+post-processing method, and the same image across several runs (the augmentation ablation viewer)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # lets the page run on its own (streamlit run pages/..., AppTest)
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from core import app_support as support  # noqa: E402
+from core.errors import UNetLabError  # noqa: E402
+from core.metrics import metric_name, pixel_counts  # noqa: E402
+from core.postprocess import METHODS, postprocess  # noqa: E402
+from core.runs import Registry  # noqa: E402
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def stored_summary(registry_path: str, run_id: str, finished: float | None) -> dict | None:
+    return Registry(registry_path).get_evaluation(run_id, "val")
+
+
+@st.cache_data(show_spinner="Loading stored predictions...", max_entries=50)
+def stored_maps(registry_path: str, run_id: str, finished: float | None) -> dict[int, np.ndarray]:
+    """Dataset index -> stored probability map (float32) of a run's evaluation."""
+    arrays = Registry(registry_path).evaluation_arrays(run_id, "val")
+    return {int(arrays[f"index_{position}"]): arrays[key].astype(np.float32)
+            for key in arrays if key.startswith("probability_")
+            for position in [int(key.split("_")[1])] if f"index_{position}" in arrays}
+
+
+@st.cache_resource(show_spinner="Loading the dataset...")
+def cached_dataset(name: str, root: str | None, size: int | None):
+    from core.datasets import load_dataset
+
+    return load_dataset(name, root, split="train", size=size)
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=8)
+def cached_model(checkpoint: str, modified: float):
+    return support.load_run_model(checkpoint)
+
+
+@st.cache_data(show_spinner="Predicting...", max_entries=64)
+def live_probability(checkpoint: str, modified: float, name: str, root: str | None, size: int | None,
+                     index: int) -> np.ndarray:
+    image = cached_dataset(name, root, size)[index].image
+    return support.predict_image(cached_model(checkpoint, modified), image).probability
+
+
+@st.cache_data(show_spinner="Post-processing...", max_entries=64)
+def instances(probability: np.ndarray, method: str, threshold: float) -> np.ndarray:
+    return postprocess(probability, method, threshold=threshold)
+
+
+@st.cache_data(show_spinner=False, max_entries=200)
+def training_indices(name: str, root: str | None, size: int | None, fraction: float, seed: int,
+                     validation_fraction: float) -> list[int]:
+    from core.datasets import split
+
+    return list(split(cached_dataset(name, root, size), fraction, seed, validation_fraction).train)
+
+
+st.title("Masks")
+registry = Registry()
+runs = [run for run in registry.list_runs(status="finished")
+        if stored_summary(str(registry.path), run.id, run.finished) is not None]
+if not runs:
+    st.info("No evaluated runs yet. Runs are evaluated automatically when they finish training "
+            "(see the **Train** page).")
+    st.stop()
+
+labels = {run.id: f"{run.config.label()} ({run.id[-6:]})" for run in runs}
+by_id = {run.id: run for run in runs}
+top = st.columns([3, 3, 1, 1])
+run_id = top[0].selectbox("Run", list(labels), format_func=labels.get, key="mask_run")
+run = by_id[run_id]
+config = run.config
+summary = stored_summary(str(registry.path), run_id, run.finished)
+maps = stored_maps(str(registry.path), run_id, run.finished)
+if not maps:
+    st.warning("This run's evaluation stored no probability maps.")
+    st.stop()
+dataset = cached_dataset(config.dataset, config.root, config.image_size)
+indices = sorted(maps)
+index = top[1].selectbox("Validation image", indices, format_func=lambda i: f"{dataset.names[i]} (#{i})",
+                         key="mask_image")
+threshold = top[2].slider("Threshold", 0.01, 0.99, float(config.threshold), 0.01, key="mask_threshold")
+opacity = top[3].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="mask_opacity")
+
+sample = dataset[index]
+probability = maps[index]
+prediction = probability >= threshold
+counts = pixel_counts(probability, sample.mask, threshold)
+st.caption(f"{config.dataset} image {sample.name}: in this run's validation part ({summary['split_description']}); "
+           f"best checkpoint, epoch {summary['epoch']}. Positive class: {summary.get('positive_class', '')}.")
+st.markdown(
+    f"{metric_name('pixel_f1', threshold)}: **{counts.f1:.4f}** — TP {counts.tp:,}, FP {counts.fp:,}, "
+    f"FN {counts.fn:,}, TN {counts.tn:,} pixels; {metric_name('pixel_precision', threshold)} {counts.precision:.4f}, "
+    f"{metric_name('pixel_recall', threshold)} {counts.recall:.4f}."
+)
+images = st.columns(4)
+images[0].image(support.display_rgb(sample.image), caption="image", width="stretch")
+images[1].image(support.mask_overlay(sample.image, sample.mask, opacity), caption="truth (yellow)", width="stretch")
+images[2].image(support.probability_image(probability), caption="probability (viridis, 0 dark to 1 yellow)",
+                width="stretch")
+images[3].image(support.error_overlay(sample.image, sample.mask, prediction, opacity),
+                caption=f"errors at threshold {threshold:g}", width="stretch")
+legend = " &nbsp; ".join(f"<span style='color:rgb{colour}'>■</span> {name}"
+                         for name, colour in support.ERROR_COLOURS.items())
+st.markdown(legend + " &nbsp; (true negatives: the image)", unsafe_allow_html=True)
+
+st.subheader("Instances of each post-processing method")
+truth_labels = sample.instances
+method_columns = st.columns(len(METHODS) + 1)
+if truth_labels is not None:
+    method_columns[0].image(support.label_overlay(sample.image, truth_labels, opacity),
+                            caption=f"truth: {int(len(np.unique(truth_labels)) - 1)} objects", width="stretch")
+else:
+    method_columns[0].info("This dataset has no instance labels.")
+for column, method in zip(method_columns[1:], METHODS):
+    labels_image = instances(probability, method, threshold)
+    column.image(support.label_overlay(sample.image, labels_image, opacity),
+                 caption=f"{method}: {int(labels_image.max())} objects", width="stretch")
+
+# ---- the same image across runs --------------------------------------------------------------
+
+st.header("The same image across runs")
+st.markdown("Compare runs on one image, e.g. the same training fraction with different augmentation levels. "
+            "Runs that did not store this image are predicted now with their best checkpoint.")
+same_data = [other.id for other in runs if other.config.dataset == config.dataset
+             and other.config.root == config.root and other.config.image_size == config.image_size]
+default = [other for other in same_data if by_id[other].config.train_fraction == config.train_fraction][:4]
+chosen = st.multiselect("Runs", same_data, default=default, format_func=labels.get, key="ablation_runs")
+if chosen:
+    columns = st.columns(min(len(chosen), 4))
+    for position, other_id in enumerate(chosen):
+        other = by_id[other_id]
+        other_maps = stored_maps(str(registry.path), other_id, other.finished)
+        note = ""
+        try:
+            if index in other_maps:
+                other_probability = other_maps[index]
+            else:
+                checkpoint = other.best_checkpoint
+                other_probability = live_probability(str(checkpoint), checkpoint.stat().st_mtime, config.dataset,
+                                                     config.root, config.image_size, index)
+                trained_on = training_indices(config.dataset, config.root, config.image_size,
+                                              other.config.train_fraction, other.config.seed,
+                                              other.config.validation_fraction)
+                note = " — trained on this image!" if index in trained_on else " — predicted now"
+        except (UNetLabError, OSError) as error:
+            columns[position % len(columns)].error(f"{labels[other_id]}: {error}")
+            continue
+        other_counts = pixel_counts(other_probability, sample.mask, threshold)
+        columns[position % len(columns)].image(
+            support.error_overlay(sample.image, sample.mask, other_probability >= threshold, opacity),
+            caption=f"{labels[other_id]}: pixel F1 {other_counts.f1:.3f} (TP {other_counts.tp:,}, "
+                    f"FP {other_counts.fp:,}, FN {other_counts.fn:,}){note}",
+            width="stretch")

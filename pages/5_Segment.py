@@ -1,0 +1,127 @@
+"""Segment: upload an image, pick a trained model, see and download the mask and the instances."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # lets the page run on its own (streamlit run pages/..., AppTest)
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from core import app_support as support  # noqa: E402
+from core.errors import UNetLabError  # noqa: E402
+from core.postprocess import METHODS, PARAMETERS, postprocess  # noqa: E402
+from core.runs import Registry  # noqa: E402
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=8)
+def cached_model(checkpoint: str, modified: float):
+    return support.load_run_model(checkpoint)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def decoded_upload(name: str, data: bytes) -> np.ndarray:
+    return support.read_upload(name, data)
+
+
+@st.cache_data(show_spinner="Predicting (tiled)...", max_entries=8)
+def predicted(checkpoint: str, modified: float, name: str, data: bytes, tile_size: int, flip_tta: bool):
+    image = decoded_upload(name, data)
+    result = support.predict_image(cached_model(checkpoint, modified), image, tile_size, flip_tta)
+    return result.probability, result.seconds, result.tiles
+
+
+@st.cache_data(show_spinner="Post-processing...", max_entries=16)
+def instances(probability: np.ndarray, method: str, params: tuple) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    labels = postprocess(probability, method, **dict(params))
+    return labels, time.perf_counter() - started
+
+
+st.title("Segment")
+st.markdown("Upload a PNG, JPEG or TIFF image (8 or 16 bit; grey, RGB or RGBA; any size up to "
+            f"{support.MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels, predicted tile by tile), pick a trained model, "
+            "and download the mask and the instance label image.")
+
+registry = Registry()
+models = [run for run in registry.list_runs() if run.best_checkpoint.is_file()]
+if not models:
+    st.info("No trained model yet. Launch a run on the **Train** page; its best checkpoint appears here "
+            "after its first epoch.")
+    st.stop()
+
+labels = {run.id: f"{run.config.label()} ({run.id[-6:]}, {run.status})" for run in models}
+by_id = {run.id: run for run in models}
+top = st.columns([2, 3])
+run_id = top[0].selectbox("Trained model", list(labels), format_func=labels.get, key="segment_run")
+run = by_id[run_id]
+uploaded = top[1].file_uploader("Image", type=[suffix[1:] for suffix in support.UPLOAD_SUFFIXES],
+                                key="upload")
+
+with st.sidebar:
+    st.header("Segmentation settings")
+    threshold = st.slider("Threshold (probability >= threshold is foreground)", 0.01, 0.99,
+                          float(run.config.threshold), 0.01, key="segment_threshold")
+    method = st.selectbox("Post-processing (instances)", list(METHODS), key="segment_method")
+    params: dict = {"threshold": threshold}
+    for item in fields(PARAMETERS[method]):
+        if item.name in ("threshold", "random_state"):
+            continue
+        label = item.name.replace("_", " ")
+        if isinstance(item.default, bool):
+            params[item.name] = st.checkbox(label, item.default, key=f"param-{method}-{item.name}")
+        elif isinstance(item.default, int):
+            params[item.name] = int(st.number_input(label, 0, 100000, item.default, key=f"param-{method}-{item.name}"))
+        else:
+            params[item.name] = float(st.number_input(label, 0.0, 1000.0, float(item.default),
+                                                      key=f"param-{method}-{item.name}"))
+    opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="segment_opacity")
+    tile_size = int(st.number_input("Tile size (pixels)", 64, 4096, int(run.config.tile_size), step=64,
+                                    key="segment_tile"))
+    flip_tta = st.checkbox("Average over flips (4x slower)", False, key="segment_tta")
+
+if uploaded is None:
+    st.info("Upload an image to segment it.")
+    st.stop()
+
+checkpoint = run.best_checkpoint
+data = uploaded.getvalue()
+try:
+    image = decoded_upload(uploaded.name, data)
+    probability, seconds, tiles = predicted(str(checkpoint), checkpoint.stat().st_mtime, uploaded.name, data,
+                                            tile_size, flip_tta)
+    labels_image, post_seconds = instances(probability, method, tuple(sorted(params.items())))
+except (UNetLabError, OSError) as error:
+    st.error(f"Cannot segment this image. {error}")
+    st.stop()
+
+mask = probability >= threshold
+loaded = cached_model(str(checkpoint), checkpoint.stat().st_mtime)
+height, width = image.shape[:2]
+metrics = st.columns(4)
+metrics[0].metric("Objects found", f"{int(labels_image.max()):,}", help=f"instances after '{method}'")
+metrics[1].metric("Foreground pixels", f"{mask.mean():.1%}", help=f"probability >= {threshold:g}")
+metrics[2].metric("Prediction time", f"{seconds:.2f} s",
+                  help=f"{tiles} tile(s) of up to {tile_size} px on {loaded.device.type}, {loaded.precision}")
+metrics[3].metric("Post-processing time", f"{post_seconds:.2f} s")
+st.caption(f"{uploaded.name}: {width} x {height} pixels, {image.shape[2]} channel(s) "
+           f"(model expects {loaded.channels}); model from run {run.id}, epoch {loaded.epoch}.")
+
+views = st.columns(3)
+views[0].image(support.label_overlay(image, labels_image, opacity), caption=f"instances ({method})", width="stretch")
+views[1].image(support.mask_overlay(image, mask, opacity), caption=f"mask at threshold {threshold:g}", width="stretch")
+views[2].image(support.probability_image(probability), caption="probability (viridis)", width="stretch")
+
+stem = Path(uploaded.name).stem
+downloads = st.columns(2)
+downloads[0].download_button("Download the mask (PNG, 0/255)", support.mask_download(mask),
+                             file_name=f"{stem}-mask.png", mime="image/png", key="download_mask")
+label_bytes, suffix, mime = support.labels_download(labels_image)
+downloads[1].download_button(f"Download the label image ({suffix[1:].upper()}, 0 = background)", label_bytes,
+                             file_name=f"{stem}-labels{suffix}", mime=mime, key="download_labels")
