@@ -1,9 +1,9 @@
 """Decoded-array cache under ``cache_dir()/datasets/``.
 
-An entry is one uncompressed ``.npz`` per (dataset, split, root, size). Its key hashes the
+An entry is one uncompressed ``.npz`` per (dataset, split, data folder, size). Its key hashes the
 loader version, the size option and the path, byte size and modification time of every
 source file read, so touching or changing any of them makes a new key; the stale entry for
-the same (dataset, split, root, size) is then deleted. Entries are written to a temporary file
+the same (dataset, split, folder, size) is then deleted. Entries are written to a temporary file
 and renamed, so a crash never leaves a half-written entry, and read with
 ``allow_pickle=False``. Uncompressed, because a cached load should cost little more than a
 file copy (benchmarks/dataset_load.py).
@@ -37,7 +37,7 @@ def _digest(payload: object, length: int) -> str:
 
 
 def entry_path(
-    name: str, split: str, root: Path | None, size: tuple[int, int] | None, files: list[Path], version: int
+    name: str, split: str, size: tuple[int, int] | None, files: list[Path], version: int
 ) -> Path:
     """Where the entry for these exact source files lives."""
     stats = []
@@ -45,7 +45,10 @@ def entry_path(
         stat = path.stat()
         stats.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
     size_label = "native" if size is None else f"{size[0]}x{size[1]}"
-    place = _digest([str(Path(root).resolve()) if root is not None else None], 8)
+    # Entries are grouped by the folder their files share (not the root as typed), so
+    # "dsb2018/" and "dsb2018/stage1_train/" share one entry; a new key replaces its group's old one.
+    folder = os.path.commonpath([item[0] for item in stats]) if stats else None
+    place = _digest([folder], 8)
     key = _digest({"format": CACHE_FORMAT, "loader": version, "size": size_label, "files": stats}, 16)
     return datasets_cache_dir() / f"{name}--{split}--{place}--{size_label}--{key}.npz"
 

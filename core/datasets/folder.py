@@ -50,8 +50,8 @@ def read_pair(image_path: Path, mask_path: Path | None, connectivity: int) -> tu
     labels = read_label_image(mask_path)
     if labels.shape != image.shape[:2]:
         raise DatasetError(
-            f"{mask_path}: mask is {labels.shape[1]}x{labels.shape[0]} but image {image_path.name} is "
-            f"{image.shape[1]}x{image.shape[0]} (image/mask size mismatch)"
+            f"{mask_path}: mask is {labels.shape[0]}x{labels.shape[1]} but image {image_path.name} is "
+            f"{image.shape[0]}x{image.shape[1]} (image/mask size mismatch; sizes are height x width)"
         )
     mask, instances = mask_from_labels(labels, connectivity, str(mask_path))
     return image, mask, instances

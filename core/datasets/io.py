@@ -80,6 +80,8 @@ def _decode_tiff(data: bytes, label: str) -> np.ndarray:
         series = tif.series[0]
         array = series.asarray()
         axes = series.axes
+    if array.size == 0:
+        raise DatasetError(f"{label}: unreadable or corrupt image file (no readable pages)")
     # Planar RGB ("SYX") becomes interleaved (Y, X, S).
     if "S" in axes and axes.index("S") != len(axes) - 1:
         array = np.moveaxis(array, axes.index("S"), -1)
@@ -346,6 +348,8 @@ def read_stack(path: Path) -> np.ndarray:
         stack = tifffile.imread(path)
     except Exception as error:
         raise DatasetError(f"{path}: unreadable or corrupt TIFF stack ({type(error).__name__}: {error})") from None
+    if stack.size == 0:  # tifffile returns an empty array, with a logged warning, for a broken page table
+        raise DatasetError(f"{path}: unreadable or corrupt TIFF stack (no readable pages)")
     if stack.ndim == 2:
         stack = stack[None]
     if stack.ndim != 3:

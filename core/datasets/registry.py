@@ -107,8 +107,8 @@ def validate_raw(raw: RawData, where: str) -> None:
         for image, label, name in zip(raw.images, labels, raw.names):
             if label.shape != image.shape[:2]:
                 raise DatasetError(
-                    f"{where}: {name}: {field_name} is {label.shape[1]}x{label.shape[0]} but the image is "
-                    f"{image.shape[1]}x{image.shape[0]} (image/mask size mismatch)"
+                    f"{where}: {name}: {field_name} is {label.shape[0]}x{label.shape[1]} but the image is "
+                    f"{image.shape[0]}x{image.shape[1]} (image/mask size mismatch; sizes are height x width)"
                 )
     if raw.masks is not None:
         raw.checks = raw.checks + [f"every image has a mask of the same size ({len(raw.images)} images)"]
@@ -155,7 +155,7 @@ def load_dataset(
     root_path = Path(root) if root is not None and spec.needs_root else None
     plan = source.plan(root_path, split)
 
-    entry = entry_path(name, split, root_path, size, plan.files, source.version) if use_cache else None
+    entry = entry_path(name, split, size, plan.files, source.version) if use_cache else None
     raw = load_entry(entry) if entry is not None else None
     from_cache = raw is not None
     if raw is None:

@@ -76,7 +76,7 @@ def read_stack_pair(
     """Read an image stack and (optionally) its label stack, checking they match page for page."""
     images = image_stack(image_path)
     names = slice_names(image_path, len(images))
-    checks = [f"{image_path.name}: {len(images)} pages of {images[0].shape[1]}x{images[0].shape[0]} {images[0].dtype}"]
+    checks = [f"{image_path.name}: {len(images)} pages of {images[0].shape[0]}x{images[0].shape[1]} {images[0].dtype}"]
     if label_path is None or targets is None:
         return RawData(images=images, masks=None, instances=None, names=names, checks=checks)
     labels = read_stack(label_path)
@@ -86,8 +86,8 @@ def read_stack_pair(
         )
     if labels.shape[1:] != images[0].shape[:2]:
         raise DatasetError(
-            f"{label_path}: pages are {labels.shape[2]}x{labels.shape[1]} but {image_path.name} pages are "
-            f"{images[0].shape[1]}x{images[0].shape[0]} (image/mask size mismatch)"
+            f"{label_path}: pages are {labels.shape[1]}x{labels.shape[2]} but {image_path.name} pages are "
+            f"{images[0].shape[0]}x{images[0].shape[1]} (image/mask size mismatch; sizes are height x width)"
         )
     masks, instances, label_checks = targets(labels, label_path)
     checks += [f"page counts match ({len(images)} images, {len(labels)} labels)", "image and label sizes match"]
