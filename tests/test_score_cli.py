@@ -119,6 +119,17 @@ def test_float_labels_with_whole_values_are_accepted_and_nan_becomes_null(tmp_pa
     assert scores[METRIC_NAMES["mean_matched_iou"]] is None  # no match: undefined, not 0
 
 
+def test_grey_masks_saved_as_rgb_are_read_and_colour_images_refused(tmp_path, capsys):
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:15, 5:15] = mask[20:30, 20:30] = 255
+    Image.fromarray(mask).save(tmp_path / "truth.png")
+    Image.fromarray(np.stack([mask, mask, mask, np.full_like(mask, 255)], axis=-1)).save(tmp_path / "rgba.png")
+    assert run_json(capsys, "--truth", tmp_path / "truth.png", "--prediction", tmp_path / "rgba.png")["dsb_map"] == 1.0
+    Image.fromarray(np.stack([mask, 0 * mask, mask], axis=-1)).save(tmp_path / "colour.png")
+    message = run_error(capsys, "--truth", tmp_path / "truth.png", "--prediction", tmp_path / "colour.png")
+    assert "colour.png" in message and "differing channels" in message
+
+
 def test_real_isbi_labels_against_themselves_and_a_shifted_copy(isbi2012_root, tmp_path, capsys):
     labels = tifffile.imread(isbi2012_root / "train-labels.tif")[:2]  # 255 = cell interior, 0 = membrane
     tifffile.imwrite(tmp_path / "truth.tif", labels)

@@ -63,18 +63,21 @@ def read_image(path: Path):
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            image = tifffile.imread(path)
+            image = np.asarray(tifffile.imread(path))
+            # (N, H, W) is a stack of slices; (H, W, 3 or 4) an RGB(A) image.
+            has_channels = image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4
         else:
             from PIL import Image
 
             with Image.open(path) as opened:
                 image = np.asarray(opened)
+            has_channels = image.ndim == 3  # LA, RGB or RGBA
     except Exception as error:  # any decoder failure means the same thing to the user
         raise DatasetError(f"{path}: cannot be read as an image ({error})") from error
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
-        # A colour image: only grey content stored as RGB(A) is a valid label image.
-        if not all(np.array_equal(image[..., 0], image[..., channel]) for channel in (1, 2)):
+    if has_channels:
+        # Only grey content stored with colour channels is a valid label image; alpha is ignored.
+        colours = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]
+        if not all(np.array_equal(colours[..., 0], colours[..., channel]) for channel in range(colours.shape[-1])):
             raise DatasetError(f"{path}: colour image with differing channels; expected a grey label image or mask")
         image = image[..., 0]
     if image.ndim not in (2, 3):
