@@ -195,8 +195,8 @@ class PixelCounts:
 
     @property
     def prevalence(self) -> float:
-        """Fraction of truth pixels in the positive class, n_positive / n_pixels."""
-        return _ratio(self.n_positive, self.n_pixels, True)
+        """Fraction of truth pixels in the positive class, n_positive / n_pixels (``nan`` without pixels)."""
+        return self.n_positive / self.n_pixels if self.n_pixels else math.nan
 
     @property
     def _no_error(self) -> bool:
@@ -764,7 +764,7 @@ class InstanceSetScores:
     f1_50: float
     mean_matched_iou: float
 
-    named = InstanceScores.named
+    named = InstanceScores.named  # the aggregate has the same attribute names
 
 
 def summarize_instance_scores(per_image: Sequence[InstanceScores]) -> InstanceSetScores:
