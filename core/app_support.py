@@ -301,6 +301,21 @@ def status_table(records: Sequence[Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Run", "Dataset", "Settings", "Status", "Progress", "Created", "Finished"])
 
 
+def evaluation_state(record: Any, has_evaluation: bool) -> str:
+    """``"done"``, ``"running"`` (the finished run's process is still evaluating) or ``"not done"``.
+
+    The training process evaluates its run right after marking it finished, so a finished
+    run whose process is alive is being evaluated.
+    """
+    from core.runs import process_alive
+
+    if has_evaluation:
+        return "done"
+    if record.status == "finished" and process_alive(record.pid):
+        return "running"
+    return "not done"
+
+
 def runs_table(records: Sequence[Any], evaluations: Mapping[str, Mapping[str, Any] | None],
                method: str = "components") -> pd.DataFrame:
     """One row per run: settings, status and the headline metrics of its stored evaluation.
@@ -339,9 +354,10 @@ def runs_table(records: Sequence[Any], evaluations: Mapping[str, Mapping[str, An
         summary = evaluations.get(record.id)
         row.update(_evaluation_columns(summary, method, threshold))
         rows.append(row)
-    columns = ["Run", "Dataset", "Folder", "Study", "Status", "Train fraction", "Augmentation", "Seed", "Epochs",
-               "Steps per epoch", "Model width", "Depth", "Loss", "Threshold", "Created",
-               *_evaluation_columns(None, method, threshold).keys()]
+    # What a comparison reads first (the varied settings and the scores), then the rest.
+    columns = ["Run", "Dataset", "Status", "Train fraction", "Augmentation", "Seed",
+               *_evaluation_columns(None, method, threshold).keys(),
+               "Epochs", "Steps per epoch", "Model width", "Depth", "Loss", "Threshold", "Study", "Folder", "Created"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -472,9 +488,9 @@ def grid_heatmap(grid: GridSummary, title: str | None = None) -> go.Figure:
 # --------------------------------------------------------------------------------------
 
 CURVE_PANELS: dict[str, str] = {
-    "train_loss": "Training loss (mean over the epoch's batches)",
+    "train_loss": "Training loss",
     "val_loss": "Validation loss (pixel BCE)",
-    "val_f1": "Validation pixel F1 (Dice) at the run's threshold",
+    "val_f1": "Validation pixel F1 (Dice)",
 }
 
 
@@ -500,7 +516,8 @@ def training_curves_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]],
                                         showlegend=column == 1, line={"color": colour}),
                              row=1, col=column)
     figure.update_xaxes(title_text="epoch (0 = untrained)", dtick=1 if _max_epoch(histories) <= 20 else None)
-    figure.update_layout(height=380, legend={"orientation": "h", "y": -0.25})
+    figure.update_annotations(font_size=13)
+    figure.update_layout(height=380, legend={"orientation": "h", "y": -0.25}, margin={"t": 40})
     return figure
 
 
@@ -529,17 +546,17 @@ def curves_from_arrays(arrays: Mapping[str, np.ndarray]):
 
 
 def operating_point(curves, threshold: float) -> dict[str, float]:
-    """The stored curve point for "probability >= threshold" (nearest stored threshold).
+    """The curve point of the rule "probability >= threshold".
 
-    Returns fpr, tpr, precision, recall and the threshold of that point; the curves hold
-    about a thousand points, so it is within a bin width of the asked threshold.
+    Curve points are listed for descending thresholds and every pixel between two points'
+    thresholds lies in no stored bin, so the point with the smallest stored threshold at or
+    above ``threshold`` counts exactly the pixels the rule calls positive (up to the
+    histogram bin that holds ``threshold``, and to downsampling on long curves). Returns
+    fpr, tpr, precision, recall and the threshold of that point (``inf``: nothing positive).
     """
     thresholds = np.asarray(curves.thresholds, dtype=np.float64)
-    finite = np.isfinite(thresholds)
-    if not finite.any():
-        raise UNetLabError("these curves have no finite thresholds")
-    candidates = np.flatnonzero(finite)
-    index = int(candidates[np.argmin(np.abs(thresholds[candidates] - threshold))])
+    at_or_above = np.flatnonzero(thresholds >= threshold)
+    index = int(at_or_above[-1]) if at_or_above.size else 0
     return {"fpr": float(curves.fpr[index]), "tpr": float(curves.tpr[index]),
             "precision": float(curves.precision[index]), "recall": float(curves.recall[index]),
             "threshold": float(thresholds[index])}
@@ -566,7 +583,7 @@ def roc_pr_figures(curves_by_run: Mapping[str, Any], threshold: float) -> tuple[
             name=f"{label} ({METRIC_NAMES['average_precision']} = {curves.average_precision:.4f})",
             hovertemplate="recall %{x:.4f}, precision %{y:.4f}<extra></extra>"))
         marker = {"color": colour, "size": 11, "symbol": "circle-open", "line": {"width": 3}}
-        caption = f"threshold {point['threshold']:.3f}"
+        caption = f"curve point at probability >= {point['threshold']:.3f}"
         roc.add_trace(go.Scatter(x=[point["fpr"]], y=[point["tpr"]], mode="markers", marker=marker,
                                  legendgroup=label, showlegend=False,
                                  hovertemplate=f"{label}<br>{caption}<br>FPR %{{x:.4f}}, TPR %{{y:.4f}}<extra></extra>"))

@@ -38,7 +38,7 @@ def augmentation_preview(name: str, root: str | None, level: str, patch_size: in
 
     sample = cached_dataset(name, root)[0]
     return preview_grid(sample.image, sample.mask, level, n=5, seed=seed, patch_size=patch_size,
-                        instances=sample.instances, columns=6)
+                        instances=sample.instances, columns=3)
 
 
 @st.cache_data
@@ -252,11 +252,12 @@ def runs_panel() -> None:
                 figure.update_layout(height=260, showlegend=False, margin={"t": 40, "b": 20})
                 st.plotly_chart(figure, key=f"chart-{run.id}")
             elif history:
-                last = history[-1]
-                st.caption(f"Epoch {last['epoch']}: validation pixel F1 (Dice) at threshold "
-                           f"{run.config.threshold:g} = {last['val_f1']:.4f} "
-                           f"(TP {last['val_tp']:,}, FP {last['val_fp']:,}, FN {last['val_fn']:,} pixels); "
-                           f"untrained model: {history[0]['val_f1']:.4f}.")
+                best = max(history[1:] or history, key=lambda epoch: epoch["val_f1"])
+                evaluation = support.evaluation_state(run, registry.get_evaluation(run.id, "val") is not None)
+                st.caption(f"Best epoch {best['epoch']} of {history[-1]['epoch']}: validation pixel F1 (Dice) at "
+                           f"threshold {run.config.threshold:g} = {best['val_f1']:.4f} "
+                           f"(TP {best['val_tp']:,}, FP {best['val_fp']:,}, FN {best['val_fn']:,} pixels); "
+                           f"untrained model: {history[0]['val_f1']:.4f}. Full evaluation: {evaluation}.")
 
 
 runs_panel()

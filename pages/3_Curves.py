@@ -64,5 +64,6 @@ left.plotly_chart(roc, key="roc")
 right.plotly_chart(pr, key="pr")
 st.subheader(f"Operating points at threshold {threshold:g}")
 st.dataframe(support.operating_points_table(curves, threshold), hide_index=True, width="stretch")
-st.caption("Curve points are histogram-bin edges, so the marked point is the stored point whose threshold is "
-           "nearest to the chosen one (its threshold is shown). Pixel counts are over the validation images.")
+st.caption("Curves are built from probability histograms; the marked point is the stored curve point for "
+           "'probability >= threshold' (its exact threshold is shown, within a histogram bin of the chosen one). "
+           "Pixel counts are over the validation images.")

@@ -100,9 +100,10 @@ counts = pixel_counts(probability, sample.mask, threshold)
 st.caption(f"{config.dataset} image {sample.name}: in this run's validation part ({summary['split_description']}); "
            f"best checkpoint, epoch {summary['epoch']}. Positive class: {summary.get('positive_class', '')}.")
 st.markdown(
-    f"{metric_name('pixel_f1', threshold)}: **{counts.f1:.4f}** — TP {counts.tp:,}, FP {counts.fp:,}, "
-    f"FN {counts.fn:,}, TN {counts.tn:,} pixels; {metric_name('pixel_precision', threshold)} {counts.precision:.4f}, "
-    f"{metric_name('pixel_recall', threshold)} {counts.recall:.4f}."
+    f"On this image: {metric_name('pixel_f1', threshold)} = **{counts.f1:.4f}**; "
+    f"{metric_name('pixel_precision', threshold)} = {counts.precision:.4f}; "
+    f"{metric_name('pixel_recall', threshold)} = {counts.recall:.4f} "
+    f"(TP {counts.tp:,}, FP {counts.fp:,}, FN {counts.fn:,}, TN {counts.tn:,} pixels)."
 )
 images = st.columns(4)
 images[0].image(support.display_rgb(sample.image), caption="image", width="stretch")
@@ -138,7 +139,7 @@ same_data = [other.id for other in runs if other.config.dataset == config.datase
 default = [other for other in same_data if by_id[other].config.train_fraction == config.train_fraction][:4]
 chosen = st.multiselect("Runs", same_data, default=default, format_func=labels.get, key="ablation_runs")
 if chosen:
-    columns = st.columns(min(len(chosen), 4))
+    columns = st.columns(4)
     for position, other_id in enumerate(chosen):
         other = by_id[other_id]
         other_maps = stored_maps(str(registry.path), other_id, other.finished)

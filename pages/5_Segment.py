@@ -61,8 +61,9 @@ by_id = {run.id: run for run in models}
 top = st.columns([2, 3])
 run_id = top[0].selectbox("Trained model", list(labels), format_func=labels.get, key="segment_run")
 run = by_id[run_id]
-uploaded = top[1].file_uploader("Image", type=[suffix[1:] for suffix in support.UPLOAD_SUFFIXES],
-                                key="upload")
+# No `type=` filter: Streamlit would refuse other files with an exception; read_upload names the problem.
+uploaded = top[1].file_uploader("Image (PNG, JPEG or TIFF)", key="upload",
+                                help="8 or 16 bit; grey, RGB or RGBA; " + ", ".join(support.UPLOAD_SUFFIXES))
 
 with st.sidebar:
     st.header("Segmentation settings")

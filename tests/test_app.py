@@ -1,0 +1,246 @@
+"""Streamlit AppTest tests of every page: empty registry, a run launched from the Train page,
+and the other pages showing that run once it has finished and been evaluated."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core.paths import PROJECT_ROOT
+from core.runs import Registry, process_alive
+
+PAGE_FILES = ["app.py", *sorted(str(p.relative_to(PROJECT_ROOT)) for p in (PROJECT_ROOT / "pages").glob("*.py"))]
+TIMEOUT = 120
+# A run that trains in a few seconds on two CPU cores.
+TINY = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "patch_size": 64, "depth": 3}
+
+
+def app(page: str) -> AppTest:
+    return AppTest.from_file(str(PROJECT_ROOT / page), default_timeout=TIMEOUT)
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def stop_worker(cache: Path) -> None:
+    """End the queue worker this test's registry started (read from its lock file), if alive."""
+    lock = cache / "worker.lock"
+    try:
+        pid = json.loads(lock.read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return
+    if process_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_there_are_at_least_five_pages():
+    assert len(PAGE_FILES) >= 6 and PAGE_FILES[0] == "app.py"
+
+
+@pytest.mark.parametrize("page", PAGE_FILES)
+def test_page_renders_with_an_empty_registry(page):
+    at = app(page).run()
+    assert_clean(at)
+    assert at.title, "every page has a title"
+
+
+def test_navigation_reaches_every_page():
+    at = app("app.py").run()
+    assert_clean(at)
+    assert at.title[0].value == "U-Net Lab"
+    for page in PAGE_FILES[1:]:
+        at.switch_page(page).run()
+        assert_clean(at)
+        expected = Path(page).stem.split("_", 1)[1]
+        assert at.title[0].value == ("U-Net Lab" if expected == "Home" else expected)
+
+
+def test_empty_pages_say_what_to_do():
+    assert any("No runs yet" in info.value for info in app("pages/0_Home.py").run().info)
+    assert any("No runs yet" in info.value for info in app("pages/2_Compare.py").run().info)
+    assert any("No evaluated runs" in info.value for info in app("pages/3_Curves.py").run().info)
+    assert any("No trained model" in info.value for info in app("pages/5_Segment.py").run().info)
+
+
+def test_train_page_reports_bad_settings_and_folders(tmp_path):
+    at = app("pages/1_Train.py").run()
+    at.text_input(key="seeds").set_value("zero").run()
+    assert any("seeds" in error.value for error in at.error)
+    assert at.button(key="launch").disabled
+    at.text_input(key="folder_path").set_value(str(tmp_path / "absent"))
+    at.button(key="register_folder").click().run()
+    assert_clean(at)
+    assert any("no such folder" in error.value for error in at.error)
+
+
+def test_train_page_cancels_and_resumes_a_queued_run(monkeypatch):
+    from core import queue
+    from core.config import RunConfig
+
+    monkeypatch.setattr(queue, "ensure_worker", lambda *args, **kwargs: False)  # keep the run queued
+    (run_id,) = queue.enqueue([RunConfig(**TINY)], start_worker=False)
+    at = app("pages/1_Train.py").run()
+    at.button(key=f"cancel-{run_id}").click().run()
+    assert_clean(at)
+    assert Registry().get_run(run_id).status == "cancelled"
+    at.button(key=f"resume-{run_id}").click().run()
+    assert_clean(at)
+    assert Registry().get_run(run_id).status == "queued"
+
+
+# ---- a run launched from the Train page --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Launch a tiny run from the Train page and wait until it is finished and evaluated.
+
+    The module's tests share it, so they point the registry at its folders again (the
+    autouse fixture gives every test fresh, empty ones).
+    """
+    base = tmp_path_factory.mktemp("app-study")
+    env = {"UNETLAB_CACHE": str(base / "cache"), "UNETLAB_CHECKPOINTS": str(base / "checkpoints")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        at = app("pages/1_Train.py").run()
+        at.number_input(key="epochs").set_value(TINY["epochs"])
+        at.selectbox(key="base_width").set_value(8)
+        for key in ("steps_per_epoch", "batch_size", "patch_size", "depth"):
+            at.number_input(key=key).set_value(TINY[key])
+        at.run()
+        at.button(key="launch").click().run()
+        assert_clean(at)
+        assert any("Queued 1 run" in message.value for message in at.success)
+        registry = Registry()
+        (run,) = registry.list_runs()
+        try:
+            wait_until(lambda: registry.get_run(run.id).status in ("finished", "failed", "cancelled"), 240,
+                       "the run to end")
+            assert registry.get_run(run.id).status == "finished", registry.get_run(run.id).error
+            wait_until(lambda: registry.get_evaluation(run.id) is not None, 240, "the run's evaluation")
+        finally:
+            stop_worker(base / "cache")
+        yield {"run_id": run.id, "env": env, "after_launch": at}
+
+
+@pytest.fixture
+def with_run(trained, monkeypatch):
+    for key, value in trained["env"].items():
+        monkeypatch.setenv(key, value)
+    return trained
+
+
+def test_train_page_launch_reaches_finished(with_run):
+    registry = Registry()
+    run = registry.get_run(with_run["run_id"])
+    assert run.status == "finished" and run.best_checkpoint.is_file()
+    assert [epoch["epoch"] for epoch in registry.epochs(run.id)] == [0, 1]
+    assert run.config.epochs == 1 and run.config.base_width == 8 and run.config.patch_size == 64
+    at = app("pages/1_Train.py").run()  # a reload shows the run as it is in the registry
+    assert_clean(at)
+    bars = [bar for bar in at.get("progress")]
+    assert bars and bars[0].proto.value == 100 and "finished" in bars[0].proto.text
+    assert any("Full evaluation: done" in caption.value for caption in at.caption)
+
+
+@pytest.mark.parametrize("page", PAGE_FILES)
+def test_page_renders_with_a_finished_run(with_run, page):
+    at = app(page).run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_home_lists_the_run(with_run):
+    at = app("pages/0_Home.py").run()
+    table = at.dataframe[1].value
+    assert list(table["Run"]) == [with_run["run_id"]] and list(table["Status"]) == ["finished"]
+
+
+def test_compare_shows_the_run_with_named_metrics(with_run):
+    from core.metrics import METRIC_NAMES
+
+    at = app("pages/2_Compare.py").run()
+    table = at.dataframe[0].value
+    assert list(table["Run"]) == [with_run["run_id"]]
+    f1 = table.loc[0, METRIC_NAMES["pixel_f1"]]
+    evaluation = Registry().get_evaluation(with_run["run_id"])
+    assert f1 == evaluation["pixel"]["f1"] and 0 <= f1 <= 1
+    assert table.loc[0, METRIC_NAMES["roc_auc"]] == evaluation["curves"]["roc_auc"]
+    assert at.get("download_button"), "CSV download offered"
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2  # the grid heatmap and the training curves
+    heatmap = json.loads(charts[0].proto.spec)["data"][0]
+    assert heatmap["type"] == "heatmap" and heatmap["text"][0][0].endswith("n = 1")
+
+
+def test_curves_shows_the_run_with_auc_and_ap(with_run):
+    at = app("pages/3_Curves.py").run()
+    assert at.multiselect(key="curve_runs").value == [with_run["run_id"]]
+    roc, pr = (json.loads(chart.proto.spec) for chart in at.get("plotly_chart"))
+    assert any("ROC-AUC (pixels) = " in (trace.get("name") or "") for trace in roc["data"])
+    assert any("Average precision (pixels) = " in (trace.get("name") or "") for trace in pr["data"])
+    at.slider(key="threshold").set_value(0.3).run()
+    assert_clean(at)
+    assert any("threshold 0.3" in subheader.value for subheader in at.subheader)
+
+
+def test_masks_shows_the_run(with_run):
+    at = app("pages/4_Masks.py").run()
+    assert at.selectbox(key="mask_run").value == with_run["run_id"]
+    assert len(at.get("image")) >= 8  # image, truth, probability, errors, truth + 3 methods' instances
+    assert any("validation part" in caption.value for caption in at.caption)
+    at.slider(key="mask_threshold").set_value(0.2)
+    at.slider(key="mask_opacity").set_value(0.8).run()
+    assert_clean(at)
+    assert any("at threshold 0.2" in markdown.value for markdown in at.markdown)
+
+
+def png_bytes(shape=(96, 80), dtype=np.uint8) -> bytes:
+    rng = np.random.default_rng(0)
+    image = (rng.random(shape) * np.iinfo(dtype).max).astype(dtype)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_segment_produces_a_mask_for_an_uploaded_image(with_run):
+    at = app("pages/5_Segment.py").run()
+    at.file_uploader(key="upload").set_value(("cells.png", png_bytes(), "image/png")).run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    metrics = {metric.label: metric.value for metric in at.metric}
+    assert int(metrics["Objects found"].replace(",", "")) >= 0
+    assert metrics["Prediction time"].endswith(" s")
+    assert any("80 x 96 pixels" in caption.value for caption in at.caption)
+    assert len(at.get("download_button")) == 2  # the mask and the label image
+    at.selectbox(key="segment_method").set_value("watershed").run()
+    assert_clean(at)
+
+
+def test_segment_reports_bad_uploads_clearly(with_run):
+    at = app("pages/5_Segment.py").run()
+    at.file_uploader(key="upload").set_value(("cells.png", b"not an image at all", "image/png")).run()
+    assert_clean(at)
+    assert any("not a readable PNG, JPEG or TIFF" in error.value for error in at.error)
+    at.file_uploader(key="upload").set_value(("cells.bmp", png_bytes(), "image/bmp")).run()
+    assert_clean(at)
+    assert any("not supported" in error.value for error in at.error)
