@@ -261,7 +261,7 @@ def progress_view(status: str, progress: Mapping[str, Any], error: str | None = 
     """Progress bar value and caption for a run's registry status and progress dict."""
     epochs = int(progress.get("epochs") or 0)
     if status == "finished":
-        return ProgressView(1.0, f"finished: {epochs} epochs" if epochs else "finished")
+        return ProgressView(1.0, f"finished: {epochs} epoch{'' if epochs == 1 else 's'}" if epochs else "finished")
     if status == "queued":
         return ProgressView(0.0, "queued: waits for a free training slot")
     if status in ("failed", "cancelled"):

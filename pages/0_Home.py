@@ -51,7 +51,8 @@ def recent_runs() -> None:
     runs = registry.list_runs()
     active = sum(run.status in ("queued", "running") for run in runs)
     worker = "running" if worker_running(registry) else "idle (starts when a run is launched)"
-    st.markdown(f"**{len(runs)}** runs in the registry, **{active}** queued or running; training worker: {worker}.")
+    st.markdown(f"**{len(runs)}** run{'' if len(runs) == 1 else 's'} in the registry, **{active}** queued or "
+                f"running; training worker: {worker}.")
     if not runs:
         st.info("No runs yet: open the **Train** page to launch one on the built-in `synthetic-nuclei` data.")
         return
