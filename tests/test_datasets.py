@@ -24,7 +24,7 @@ from core.datasets import (
     load_dataset,
     read_image,
 )
-from core.datasets import registry
+from core.datasets import registry, synthetic
 from core.paths import PROJECT_ROOT, shared_data_dir
 
 SYNTHETIC = ["synthetic-nuclei", "synthetic-membranes", "synthetic-mitochondria"]
@@ -65,17 +65,24 @@ def test_registry_lists_every_source_with_consistent_specs():
 # ---- synthetic sets ---------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def synthetic_sets() -> dict[str, Dataset]:
+    """Each synthetic set generated once for the module (no cache involved)."""
+    return {name: load_dataset(name, use_cache=False) for name in SYNTHETIC}
+
+
 @pytest.mark.parametrize("name", SYNTHETIC)
-def test_synthetic_sets_need_no_files_and_are_deterministic(name):
-    first = load_dataset(name, use_cache=False)
-    again = load_dataset(name, root="/nonexistent", use_cache=False)  # root is ignored
+def test_synthetic_sets_need_no_files_and_are_deterministic(name, synthetic_sets):
+    first = synthetic_sets[name]
     assert isinstance(first, Dataset) and len(first) == 24 and first.channels == 1
     assert first.shapes == [(256, 256)] and first.has_masks and first.has_instances
-    for index in (0, 23):
-        a, b = first[index], again[index]
-        check_sample_types(a, channels=1)
-        np.testing.assert_array_equal(a.image, b.image)
-        np.testing.assert_array_equal(a.instances, b.instances)
+    # Image k depends only on (name, seed 0, k): regenerating the first two gives the same arrays.
+    again = synthetic.generate(name, n_images=2)
+    for index in (0, 1):
+        check_sample_types(first[index], channels=1)
+        np.testing.assert_allclose(first[index].image[:, :, 0], again.images[index][:, :, 0] / 255, atol=1e-6)
+        np.testing.assert_array_equal(first[index].instances, again.instances[index])
+    assert load_dataset(name, root="/nonexistent", use_cache=False).names == first.names  # root is ignored
     foreground = np.mean([sample.mask.mean() for sample in first])
     assert 0.02 < foreground < 0.98
     assert all(sample.instances.max() >= 1 for sample in first)
@@ -84,10 +91,8 @@ def test_synthetic_sets_need_no_files_and_are_deterministic(name):
     assert not np.array_equal(first[0].image, first[1].image)
 
 
-def test_synthetic_sets_have_their_intended_character():
-    nuclei = load_dataset("synthetic-nuclei")
-    membranes = load_dataset("synthetic-membranes")
-    mitochondria = load_dataset("synthetic-mitochondria")
+def test_synthetic_sets_have_their_intended_character(synthetic_sets):
+    nuclei, membranes, mitochondria = (synthetic_sets[name] for name in SYNTHETIC)
     # Nuclei are bright objects on a dark ground; membranes are dark lines; mitochondria dark organelles.
     for dataset, positive_brighter in ((nuclei, True), (membranes, True), (mitochondria, False)):
         sample = dataset[0]
@@ -426,7 +431,7 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_describe_json_of_a_synthetic_set():
+def test_cli_list_describe_and_errors():
     result = run_cli("describe", "synthetic-nuclei", "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout.strip().splitlines()[-1])
@@ -437,14 +442,37 @@ def test_cli_describe_json_of_a_synthetic_set():
     assert info["shapes"] == [[256, 256]] and 0 < info["foreground_fraction"] < 1 and info["n_instances"] > 24
     assert info["channels"] == 1 and info["positive_class"] == "nucleus" and info["checks"]
 
-
-def test_cli_list_and_readable_describe_and_errors():
     listing = run_cli("list")
     assert listing.returncode == 0 and "isbi2012" in listing.stdout and "synthetic-nuclei" in listing.stdout
-    readable = run_cli("describe", "synthetic-membranes", "--size", "128")
+    readable = run_cli("describe", "synthetic-nuclei", "--size", "128")  # resized from the cached set
     assert readable.returncode == 0 and "24 images (128x128)" in readable.stdout and "checks passed" in readable.stdout
     unknown = run_cli("describe", "no-such-set")
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
     assert "unknown dataset 'no-such-set'" in unknown.stderr and "synthetic-nuclei" in unknown.stderr
     missing_root = run_cli("describe", "isbi2012")
     assert missing_root.returncode == 2 and "train-volume.tif" in missing_root.stderr
+
+
+def test_resized_load_starts_from_the_cached_native_arrays(tmp_path, monkeypatch):
+    root = make_folder_set(tmp_path / "set")
+    native = load_dataset("folder", root)
+    source = registry.SOURCES["folder"]
+
+    def must_not_decode(plan):
+        raise AssertionError("files were decoded again although native arrays were cached")
+
+    monkeypatch.setitem(registry.SOURCES, "folder", type(source)(source.spec, source.plan, must_not_decode))
+    small = load_dataset("folder", root, size=(8, 4))
+    assert not small.from_cache and small.shapes == [(8, 4)] and small.names == native.names
+
+
+def test_jpeg_masks_are_thresholded_and_samples_do_not_share_masks(tmp_path):
+    root = make_folder_set(tmp_path / "set")
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    (root / "masks" / "s0.png").unlink()
+    Image.fromarray(mask).save(root / "masks" / "s0.jpg", quality=70)
+    dataset = load_dataset("folder", root)
+    assert abs(int(dataset[0].mask.sum()) - 64) <= 4 and dataset[0].instances.max() == 1
+    dataset[0].mask[:] = False  # editing a returned mask leaves the dataset intact
+    assert dataset[0].mask.any()

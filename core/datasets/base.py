@@ -145,7 +145,7 @@ class Dataset:
         index = int(index) % len(self)
         return Sample(
             image=to_float(self._images[index]),
-            mask=None if self._masks is None else self._masks[index],
+            mask=None if self._masks is None else self._masks[index].copy(),  # callers may edit it
             instances=None if self._instances is None else self._instances[index].astype(np.int32),
             name=self.names[index],
         )

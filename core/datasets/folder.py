@@ -4,8 +4,9 @@ Images: PNG, TIFF or JPEG; 8/16-bit; grey, RGB or RGBA (alpha dropped). If a fol
 grey and colour images, the grey ones are converted to RGB so every image has 3 channels.
 Masks: binary (two values, e.g. 0/255 or 0/1; the larger is the positive class) -> instances
 are its connected components (8-neighbour); or a label image (more than two values) ->
-instances are its labels, renumbered 1..N, and the mask is ``labels > 0``. Masks without an
-image are ignored (and counted in ``checks``).
+instances are its labels, renumbered 1..N, and the mask is ``labels > 0``. JPEG masks are
+lossy, so they are read as binary, thresholded at mid-range. Masks without an image are
+ignored (and counted in ``checks``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def read_pair(image_path: Path, mask_path: Path | None, connectivity: int) -> tu
             f"{mask_path}: mask is {labels.shape[0]}x{labels.shape[1]} but image {image_path.name} is "
             f"{image.shape[0]}x{image.shape[1]} (image/mask size mismatch; sizes are height x width)"
         )
+    if mask_path.suffix.lower() in (".jpg", ".jpeg"):
+        # Lossy compression smears a 0/255 mask into many grey levels: threshold at mid-range.
+        labels = labels >= (128 if labels.dtype == np.uint8 else int(labels.max()) // 2 + 1)
     mask, instances = mask_from_labels(labels, connectivity, str(mask_path))
     return image, mask, instances
 

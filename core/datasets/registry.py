@@ -159,10 +159,13 @@ def load_dataset(
     raw = load_entry(entry) if entry is not None else None
     from_cache = raw is not None
     if raw is None:
-        where = f"{name}/{split}" + (f" at {root_path}" if root_path is not None else "")
-        raw = source.read(plan)
-        validate_raw(raw, where)
-        raw = unify_channels(raw)
+        # A resized load starts from the cached native arrays when there are some: no decoding.
+        native_entry = entry_path(name, split, None, plan.files, source.version) if use_cache and size else None
+        raw = load_entry(native_entry) if native_entry is not None else None
+        if raw is None:
+            raw = source.read(plan)
+            validate_raw(raw, f"{name}/{split}" + (f" at {root_path}" if root_path is not None else ""))
+            raw = unify_channels(raw)
         if size is not None:
             raw = resize_raw(raw, size)
         if entry is not None:

@@ -12,10 +12,14 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.errors import DatasetError
+
+if TYPE_CHECKING:
+    from core.datasets.base import Dataset
 
 # Fractions such as 0.8 * 30 = 24.000000000000004 must not round up to 25.
 _EPSILON = 1e-9
@@ -43,7 +47,7 @@ def permutation(name: str, seed: int, n: int) -> np.ndarray:
 
 
 def split(
-    dataset,
+    dataset: Dataset | str,
     train_fraction: float,
     seed: int = 0,
     validation_fraction: float = 0.2,
