@@ -389,7 +389,7 @@ def _evaluation_columns(summary: Mapping[str, Any] | None, method: str, threshol
     pixel, curves = summary["pixel"], summary["curves"]
     instances = summary.get("instances", {}).get(method, {})
     values = [
-        f"{summary['split']}: {summary.get('split_description', '')}".strip(": "),
+        {"val": "validation part", "test": "official test split"}.get(summary["split"], summary["split"]),
         summary.get("n_images", nan),
         summary.get("epoch", nan),
         pixel["f1"], pixel["precision"], pixel["recall"], pixel["iou"], pixel["f1_all_positive"],

@@ -106,6 +106,26 @@ def test_train_page_cancels_and_resumes_a_queued_run(monkeypatch):
     assert Registry().get_run(run_id).status == "queued"
 
 
+def test_train_page_queues_a_grid(monkeypatch):
+    from core import queue
+
+    monkeypatch.setattr(queue, "ensure_worker", lambda *args, **kwargs: False)  # queue only, train nothing
+    at = app("pages/1_Train.py").run()
+    at.radio(key="mode").set_value("A grid: training fractions x augmentation levels x seeds").run()
+    at.multiselect(key="grid_fractions").set_value([0.1, 0.5])
+    at.multiselect(key="grid_levels").set_value(["none", "heavy"])
+    at.text_input(key="seeds").set_value("0-2")
+    at.text_input(key="study").set_value("ablation").run()
+    assert at.button(key="launch").label == "Launch 12 run(s)"
+    at.button(key="launch").click().run()
+    assert_clean(at)
+    runs = Registry().list_runs(study="ablation")
+    assert len(runs) == 12 and {run.status for run in runs} == {"queued"}
+    assert {(r.config.train_fraction, r.config.augmentation, r.config.seed) for r in runs} == {
+        (f, a, s) for f in (0.1, 0.5) for a in ("none", "heavy") for s in (0, 1, 2)}
+    assert sum("queued: waits" in bar.proto.text for bar in at.get("progress")) == 12
+
+
 # ---- a run launched from the Train page --------------------------------------------------------
 
 

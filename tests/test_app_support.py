@@ -205,7 +205,7 @@ def test_runs_table_names_metrics_exactly_and_leaves_unevaluated_runs_empty():
     assert table.loc[0, f"{METRIC_NAMES['dsb_map']} [components]"] == 0.625
     assert table.loc[0, METRIC_NAMES["roc_auc"]] == 0.95
     assert table.loc[0, METRIC_NAMES["pixel_tp"]] == 80
-    assert table.loc[0, "Validation images"] == 5
+    assert table.loc[0, "Validation images"] == 5 and table.loc[0, "Evaluated on"] == "validation part"
     assert table.loc[0, "Train fraction"] == 0.2 and table.loc[0, "Augmentation"] == "heavy"
     assert np.isnan(table.loc[1, f1]) and table.loc[1, "Status"] == "running"
     assert f1 in support.comparable_metrics(table)
