@@ -50,6 +50,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    # torch.save writes a zip archive (or, before PyTorch 1.6, a bare pickle starting 0x80).
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
