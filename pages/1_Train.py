@@ -57,6 +57,17 @@ def set_fraction(value: float) -> None:
     st.session_state["train_fraction"] = value
 
 
+def register_folder() -> None:
+    """Check the folder with the loader; on success select it (a callback may set the picker's state)."""
+    try:
+        entry = support.register_user_dataset(st.session_state["folder_layout"], st.session_state["folder_path"])
+    except UNetLabError as error:
+        st.session_state["folder_error"] = str(error)
+    else:
+        st.session_state["folder_error"] = ""
+        st.session_state["dataset_choice"] = entry.label
+
+
 st.title("Train")
 st.markdown("Runs train in separate processes through a queue, so you can reload this page, open it in "
             "a second tab or close the browser: nothing is lost. An *epoch* is a fixed number of "
@@ -81,15 +92,9 @@ with st.expander("Use a folder of your own (or the files of a named dataset)"):
     st.caption(f"Expected: {get_spec(layout).layout}")
     folder = st.text_input("Folder path on this machine", key="folder_path",
                            placeholder="/data/my-nuclei (holding images/ and masks/)")
-    if st.button("Check and add this folder", key="register_folder"):
-        try:
-            with st.spinner("Reading every image and mask..."):
-                entry = support.register_user_dataset(layout, folder)
-        except UNetLabError as error:
-            st.error(f"This folder cannot be used: {error}")
-        else:
-            st.session_state["dataset_choice"] = entry.label
-            st.rerun()
+    st.button("Check and add this folder", key="register_folder", on_click=register_folder)
+    if st.session_state.get("folder_error"):
+        st.error(f"This folder cannot be used: {st.session_state['folder_error']}")
 
 try:
     facts = dataset_facts(choice.dataset, choice.root)

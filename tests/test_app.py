@@ -91,6 +91,22 @@ def test_train_page_reports_bad_settings_and_folders(tmp_path):
     assert any("no such folder" in error.value for error in at.error)
 
 
+def test_train_page_registers_a_folder_and_selects_it(tmp_path):
+    from test_app_support import write_folder
+
+    root = write_folder(tmp_path / "my-cells", n=4)
+    at = app("pages/1_Train.py").run()
+    at.text_input(key="folder_path").set_value(str(root))
+    at.button(key="register_folder").click().run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="dataset_choice").value == "folder: my-cells"
+    assert any("4 labelled images" in markdown.value for markdown in at.markdown)
+    assert "folder: my-cells" in at.selectbox(key="dataset_choice").options
+    home = app("pages/0_Home.py").run()
+    assert str(root.resolve()) in list(home.dataframe[0].value["Folder"])
+
+
 def test_train_page_cancels_and_resumes_a_queued_run(monkeypatch):
     from core import queue
     from core.config import RunConfig
