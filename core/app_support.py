@@ -43,7 +43,6 @@ ERROR_COLOURS: dict[str, tuple[int, int, int]] = {
     "false positive": (255, 0, 255),
     "false negative": (0, 170, 255),
 }
-ENDED_STATUSES = ("finished", "failed", "cancelled")
 
 
 # --------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -16,7 +15,7 @@ import streamlit as st  # noqa: E402
 
 from core import app_support as support  # noqa: E402
 from core.errors import UNetLabError  # noqa: E402
-from core.postprocess import METHODS, PARAMETERS, postprocess  # noqa: E402
+from core.postprocess import METHODS, postprocess  # noqa: E402
 from core.runs import Registry  # noqa: E402
 
 
@@ -71,17 +70,15 @@ with st.sidebar:
                           float(run.config.threshold), 0.01, key="segment_threshold")
     method = st.selectbox("Post-processing (instances)", list(METHODS), key="segment_method")
     params: dict = {"threshold": threshold}
-    for item in fields(PARAMETERS[method]):
-        if item.name in ("threshold", "random_state"):
-            continue
-        label = item.name.replace("_", " ")
-        if isinstance(item.default, bool):
-            params[item.name] = st.checkbox(label, item.default, key=f"param-{method}-{item.name}")
-        elif isinstance(item.default, int):
-            params[item.name] = int(st.number_input(label, 0, 100000, item.default, key=f"param-{method}-{item.name}"))
+    for parameter in support.postprocess_parameters(method):
+        name, default = parameter["name"], parameter["default"]
+        label, key = name.replace("_", " "), f"param-{method}-{name}"
+        if isinstance(default, bool):
+            params[name] = st.checkbox(label, default, key=key)
+        elif isinstance(default, int):
+            params[name] = int(st.number_input(label, 0, 100000, default, key=key))
         else:
-            params[item.name] = float(st.number_input(label, 0.0, 1000.0, float(item.default),
-                                                      key=f"param-{method}-{item.name}"))
+            params[name] = float(st.number_input(label, 0.0, 1000.0, float(default), key=key))
     opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="segment_opacity")
     tile_size = int(st.number_input("Tile size (pixels)", 64, 4096, int(run.config.tile_size), step=64,
                                     key="segment_tile"))

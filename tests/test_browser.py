@@ -10,7 +10,6 @@ screenshot of every page.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
