@@ -64,8 +64,13 @@ def run(args: argparse.Namespace) -> int:
     summary = result.to_dict()
     if args.evaluate and result.status == "finished":
         from core.evaluate import evaluate_run
+        from core.runs import Registry
 
-        summary["evaluation"] = evaluate_run(result.run_id, show_progress=not args.quiet).headline()
+        registry = Registry()
+        progress = registry.get_run(result.run_id).progress
+        registry.update_progress(result.run_id, **{**progress, "phase": "evaluating"})
+        summary["evaluation"] = evaluate_run(result.run_id, registry=registry, show_progress=not args.quiet).headline()
+        registry.update_progress(result.run_id, **{**progress, "phase": "evaluated"})
     if args.json:
         print(json.dumps(summary))
     else:
