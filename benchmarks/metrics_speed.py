@@ -9,8 +9,8 @@ Prints one table per section:
    by default, ``--sklearn-pixels`` to change): time, peak memory (tracemalloc) and
    the difference of the two results on the same pixels;
 3. the three post-processing methods on a 1024x1024 probability map;
-4. (tiled prediction of a 4096x4096 image: its own section is added below by the
-   owner of the prediction code).
+4. tiled prediction (``core.predict``) of 1024, 2048 and 4096 pixel square images:
+   time and the rise of peak resident memory (target: about 1 GB at most for 4096x4096).
 
 Timings are medians of repeated runs; the machine's other load shows up in them.
 """
@@ -221,8 +221,50 @@ def bench_postprocess(repeats: int) -> None:
 # --------------------------------------------------------------------------------------
 # 4. Tiled prediction of a 4096x4096 image
 # --------------------------------------------------------------------------------------
-# Added by the owner of the tiled prediction code: a function printing its table with
-# print_table(), appended to the sections run by main().
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak resident size (VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def bench_tiled_prediction(sizes: tuple[int, ...] = (1024, 2048, 4096)) -> None:
+    """Tiled prediction time and peak memory: memory must follow the tile, not the image."""
+    import torch
+
+    from core.model import UNet
+    from core.predict import TileSettings, predict_probabilities
+
+    torch.manual_seed(0)
+    model = UNet(1, base_width=16, depth=4).eval().to(memory_format=torch.channels_last)
+    settings = TileSettings(tile_size=512, overlap=64, batch_size=4)
+    rows = []
+    for size in sizes:
+        image = np.random.default_rng(0).random((size, size, 1), dtype=np.float32)
+        for precision in ("bf16", "fp32"):
+            _reset_peak_rss()
+            before = _peak_rss_mb()
+            start = time.perf_counter()
+            predict_probabilities(model, image, settings, "cpu", precision, channels_last=True)
+            seconds = time.perf_counter() - start
+            rows.append((f"{size}x{size}", precision, f"{seconds:.1f}", f"{size * size / seconds / 1e6:.2f}",
+                         f"{_peak_rss_mb() - before:.0f}"))
+        del image
+    print_table("4. Tiled prediction, width-16 U-Net, tiles 512 with overlap 64, batch 4 "
+                "(peak = rise of the process's peak resident memory during the call)",
+                ("image", "precision", "seconds", "Mpixel/s", "peak MB"), rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -234,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     bench_instance_metrics(args.repeats)
     bench_curves(int(args.curve_pixels), int(args.sklearn_pixels))
     bench_postprocess(max(args.repeats // 10, 3))
+    bench_tiled_prediction()
 
 
 if __name__ == "__main__":
