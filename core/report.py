@@ -1,0 +1,583 @@
+"""The report of a study: a self-contained HTML page and a Markdown summary.
+
+``build_report(name, out_dir)`` writes into ``out_dir``:
+
+- ``report.html``: every table and plotly figure (plotly.js inlined once, so the page
+  opens offline) and the image strips embedded as base64 PNGs;
+- ``summary.md``: the same tables as Markdown, linking the strips;
+- ``strip_<dataset>.png``: the same validation image across the grid, errors coloured.
+
+Sections: the machine, wall time and exact commands; a table in the form of the paper's
+Table 1 (datasets as columns, mAP and F1 as rows) for one train fraction and level, with
+the paper's figures beside ours where we know them; per dataset, the fraction x level grid
+of mean ± sd over seeds for pixel F1, DSB mAP and AP@0.5 with the best cell marked and the
+cells within seed noise of it; metric-versus-fraction lines; ROC/PR overlays; and one row
+per run with its numbers.
+
+Seed noise: two cells are called "within seed noise" when Welch's t-test (scipy,
+unequal variances) of their per-seed values gives p >= 0.05; with fewer than two seeds in
+either cell there is no noise estimate and the report says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from core.errors import UNetLabError
+
+#: The paper's Table 1 per dataset (its five datasets). We do not have the table, so every
+#: entry is None and is printed as :data:`NOT_AVAILABLE`; fill in a figure only from the paper.
+PAPER_TABLE1: dict[str, dict[str, float | None]] = {
+    "dsb2018": {"mAP": None, "F1": None},
+    "isbi2012": {"mAP": None, "F1": None},
+    "isbi2013": {"mAP": None, "F1": None},
+    "ncmir": {"mAP": None, "F1": None},
+    "epfl": {"mAP": None, "F1": None},
+}
+#: What we do know: the ranges the paper reports across its five datasets, and one claim.
+PAPER_RANGES: dict[str, tuple[float, float]] = {"F1": (0.89, 0.97), "mAP": (0.23, 0.57)}
+PAPER_CLAIM = "F1 0.96 after training on 10% of the images"
+NOT_AVAILABLE = "n/a (not available to us)"
+#: Significance level of the Welch t-test behind the seed-noise notes.
+NOISE_ALPHA = 0.05
+
+
+@dataclass
+class ReportFiles:
+    """Paths of what :func:`build_report` wrote."""
+
+    html: Path
+    markdown: Path
+    images: list[Path] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------
+# Cells, noise and the grid
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CellStats:
+    """The per-seed values of one grid cell and their mean and sample sd (ddof=1)."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else float("nan")
+
+    @property
+    def sd(self) -> float:
+        return float(np.std(self.values, ddof=1)) if self.n >= 2 else float("nan")
+
+
+def format_cell(stats: CellStats | None, digits: int = 4) -> str:
+    """``0.8123 ± 0.0100 (n=2)``; ``0.8123 (n=1)``; ``no runs``."""
+    if stats is None or stats.n == 0:
+        return "no runs"
+    if stats.n == 1:
+        return f"{stats.mean:.{digits}f} (n=1)"
+    return f"{stats.mean:.{digits}f} ± {stats.sd:.{digits}f} (n={stats.n})"
+
+
+@dataclass(frozen=True)
+class NoiseVerdict:
+    """Whether a cell's difference from the best cell is within seed noise.
+
+    ``within`` is None when it cannot be told (fewer than two seeds in a cell).
+    """
+
+    within: bool | None
+    p_value: float
+    difference: float
+
+
+def within_seed_noise(best: Sequence[float], other: Sequence[float], alpha: float = NOISE_ALPHA) -> NoiseVerdict:
+    """Welch's t-test (unequal variances) of two cells' per-seed values.
+
+    Within noise when p >= ``alpha``. Two cells whose values are all equal (zero variance)
+    differ only if their means differ. Fewer than two values in either cell: ``within`` None.
+    """
+    from scipy.stats import ttest_ind
+
+    best, other = np.asarray(best, float), np.asarray(other, float)
+    difference = float(best.mean() - other.mean()) if best.size and other.size else float("nan")
+    if best.size < 2 or other.size < 2:
+        return NoiseVerdict(None, float("nan"), difference)
+    if best.std() == 0 and other.std() == 0:
+        return NoiseVerdict(difference == 0, 1.0 if difference == 0 else 0.0, difference)
+    p_value = float(ttest_ind(best, other, equal_var=False).pvalue)
+    return NoiseVerdict(p_value >= alpha, p_value, difference)
+
+
+@dataclass
+class GridTable:
+    """One metric on one dataset: cells keyed by (augmentation level, train fraction)."""
+
+    dataset: str
+    metric: str
+    levels: list[str]
+    fractions: list[float]
+    cells: dict[tuple[str, float], CellStats]
+    best: tuple[str, float] | None
+    verdicts: dict[tuple[str, float], NoiseVerdict]
+
+
+def grid_table(table: Any, dataset: str, metric: str) -> GridTable:
+    """Per-seed values of ``metric`` for every (level, fraction) cell of ``dataset``, the best
+    cell (highest mean) and each other cell's seed-noise verdict against it."""
+    from core.app_support import grid_summary
+
+    rows = table[(table["Dataset"] == dataset)].dropna(subset=[metric])
+    if rows.empty:
+        return GridTable(dataset, metric, [], [], {}, None, {})
+    summary = grid_summary(rows, metric)
+    levels, fractions = list(summary.mean.index), [float(f) for f in summary.mean.columns]
+    cells = {}
+    for (level, fraction), group in rows.groupby(["Augmentation", "Train fraction"]):
+        cells[(level, float(fraction))] = CellStats(tuple(float(v) for v in group[metric]))
+    best = max(cells, key=lambda key: cells[key].mean)
+    verdicts = {key: within_seed_noise(cells[best].values, stats.values) for key, stats in cells.items() if key != best}
+    return GridTable(dataset, metric, levels, fractions, cells, best, verdicts)
+
+
+def grid_rows(grid: GridTable) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows (levels) and notes of a grid as text; ``**bold**`` marks the best cell,
+    ``≈`` the cells within seed noise of it."""
+    header = ["augmentation \\ train fraction", *(f"{fraction:.0%}" for fraction in grid.fractions)]
+    rows = []
+    for level in grid.levels:
+        line = [level]
+        for fraction in grid.fractions:
+            key = (level, fraction)
+            text = format_cell(grid.cells.get(key))
+            if key == grid.best:
+                text = f"**{text} best**"
+            elif key in grid.verdicts and grid.verdicts[key].within:
+                text = f"{text} ≈"
+            line.append(text)
+        rows.append(line)
+    notes = []
+    if grid.best is not None:
+        level, fraction = grid.best
+        near = [f"{lv} {fr:.0%} (p = {v.p_value:.2f})" for (lv, fr), v in grid.verdicts.items() if v.within]
+        apart = [f"{lv} {fr:.0%}" for (lv, fr), v in grid.verdicts.items() if v.within is False]
+        unknown = [f"{lv} {fr:.0%}" for (lv, fr), v in grid.verdicts.items() if v.within is None]
+        ties = [f"{lv} {fr:.0%}" for (lv, fr), v in grid.verdicts.items() if v.difference == 0]
+        note = f"Best: {level} at {fraction:.0%} (highest mean)."
+        if near:
+            note += f" Within seed noise of it (≈, Welch t-test p ≥ {NOISE_ALPHA}): {', '.join(near)}."
+        if apart:
+            note += f" Worse beyond seed noise (Welch t-test p < {NOISE_ALPHA}): {', '.join(apart)}."
+        if unknown:
+            note += f" No seed-noise estimate (fewer than 2 seeds in a cell): {', '.join(unknown)}."
+        if ties:
+            note += f" Same mean as the best: {', '.join(ties)}."
+        notes.append(note)
+    return header, rows, notes
+
+
+# --------------------------------------------------------------------------------------
+# Tables as Markdown and HTML
+# --------------------------------------------------------------------------------------
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table ('|' inside cells escaped)."""
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """An HTML table; ``**text**`` in a cell becomes bold."""
+    def cell(value: Any) -> str:
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(str(value)))
+
+    head = "".join(f"<th>{cell(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def number(value: Any, digits: int = 4) -> str:
+    """A metric value as text: 4 decimals, ``-`` when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    return f"{float(value):.{digits}f}"
+
+
+# --------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------
+
+
+def metric_columns(table: Any, method: str) -> dict[str, str]:
+    """The report's metrics: short key -> exact column name in the study table."""
+    from core.app_support import instance_column
+    from core.metrics import METRIC_NAMES
+
+    pixel_f1 = next(column for column in table.columns if column.startswith("Pixel F1 (Dice) at threshold"))
+    return {"pixel_f1": pixel_f1, "dsb_map": instance_column("dsb_map", method),
+            "ap50": instance_column("ap50", method), "paper_map": instance_column("paper_map", method),
+            "roc_auc": METRIC_NAMES["roc_auc"], "average_precision": METRIC_NAMES["average_precision"]}
+
+
+def table1(table: Any, datasets: Sequence[str], fraction: float, level: str, method: str
+           ) -> tuple[list[str], list[list[str]], list[str]]:
+    """The paper's Table 1 form: datasets as columns; our mAP and F1 beside the paper's."""
+    columns = metric_columns(table, method)
+    chosen = table[(np.isclose(table["Train fraction"], fraction)) & (table["Augmentation"] == level)]
+
+    def ours(dataset: str, key: str) -> str:
+        values = chosen[chosen["Dataset"] == dataset][columns[key]].dropna()
+        return format_cell(CellStats(tuple(float(v) for v in values)))
+
+    def paper(dataset: str, key: str) -> str:
+        value = PAPER_TABLE1.get(dataset, {}).get(key)
+        return NOT_AVAILABLE if value is None else f"{value:.2f}"
+
+    header = ["metric", *datasets]
+    rows = [
+        [f"mAP (ours): {columns['paper_map']}", *(ours(d, "paper_map") for d in datasets)],
+        ["mAP (the paper's Table 1)", *(paper(d, "mAP") for d in datasets)],
+        [f"F1 (ours): {columns['pixel_f1']}", *(ours(d, "pixel_f1") for d in datasets)],
+        ["F1 (the paper's Table 1)", *(paper(d, "F1") for d in datasets)],
+        [f"also ours: {columns['dsb_map']}", *(ours(d, "dsb_map") for d in datasets)],
+    ]
+    f1_means = chosen.groupby("Dataset")[columns["pixel_f1"]].mean().dropna()
+    map_means = chosen.groupby("Dataset")[columns["paper_map"]].mean().dropna()
+    low_f1, high_f1 = PAPER_RANGES["F1"]
+    low_map, high_map = PAPER_RANGES["mAP"]
+    notes = [
+        f"Train fraction {fraction:.0%}, augmentation {level}; cells are mean ± sd over seeds (n runs). "
+        "We read the paper's mAP as its eq. (4)-(5) and its F1 as the pixel F1 (Dice) at threshold 0.5.",
+        f"The paper's per-dataset Table 1 is not available to us. What we know: across its five datasets it "
+        f"reports F1 {low_f1:.2f}–{high_f1:.2f} and mAP {low_map:.2f}–{high_map:.2f}, and it claims "
+        f"\"{PAPER_CLAIM}\".",
+    ]
+    if len(f1_means):
+        notes.append(f"Ours at this setting: F1 {f1_means.min():.4f}–{f1_means.max():.4f}"
+                     + (f", mAP {map_means.min():.4f}–{map_means.max():.4f}" if len(map_means) else "")
+                     + f" across {len(f1_means)} dataset(s); datasets with mean F1 inside the paper's range: "
+                     + (", ".join(d for d, v in f1_means.items() if low_f1 <= v <= high_f1) or "none") + ".")
+    else:
+        notes.append("No evaluated run at this fraction and level.")
+    return header, rows, notes
+
+
+def fraction_lines_figure(table: Any, dataset: str, metrics: Mapping[str, str]):
+    """Metric versus train fraction, one line per augmentation level, error bars = sd over seeds."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from core.app_support import _palette, grid_summary
+
+    rows = table[table["Dataset"] == dataset]
+    figure = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics.values()))
+    levels = [level for level in dict.fromkeys(rows["Augmentation"])]
+    colours = dict(zip(levels, _palette(len(levels))))
+    for column, metric in enumerate(metrics.values(), start=1):
+        if rows[metric].notna().sum() == 0:
+            continue
+        summary = grid_summary(rows, metric)
+        for level in summary.mean.index:
+            means, sds = summary.mean.loc[level], summary.sd.loc[level].fillna(0.0)
+            present = summary.count.loc[level] > 0
+            figure.add_trace(go.Scatter(
+                x=[float(f) for f in means.index[present]], y=means[present].to_numpy(float),
+                error_y={"type": "data", "array": sds[present].to_numpy(float), "visible": True},
+                mode="lines+markers", name=level, legendgroup=level, showlegend=column == 1,
+                line={"color": colours.get(level)},
+                hovertemplate=f"{level}, train fraction %{{x:.0%}}<br>mean %{{y:.4f}}<extra></extra>"),
+                row=1, col=column)
+    figure.update_xaxes(title_text="train fraction", tickformat=".0%")
+    figure.update_annotations(font_size=11)
+    figure.update_layout(title=f"{dataset}: metric versus train fraction (error bars: sd over seeds)",
+                         height=420, legend={"title": "augmentation"})
+    return figure
+
+
+def representative_runs(table: Any, dataset: str) -> dict[tuple[str, float], str]:
+    """One evaluated run per (level, fraction) cell of a dataset: the one with the lowest seed.
+
+    Runs of one seed share the validation part, so their stored maps show the same images.
+    """
+    from core.metrics import METRIC_NAMES
+
+    rows = table[(table["Dataset"] == dataset) & table[METRIC_NAMES["roc_auc"]].notna()]
+    if rows.empty:
+        return {}
+    seed = int(rows["Seed"].min())
+    rows = rows[rows["Seed"] == seed]
+    return {(level, float(fraction)): group["Run"].iloc[0]
+            for (level, fraction), group in rows.groupby(["Augmentation", "Train fraction"])}
+
+
+def image_strip(cells: Mapping[tuple[str, float], str], registry: Any, tile: int = 200) -> tuple[np.ndarray, str] | None:
+    """The same validation image for every cell, errors coloured; rows = levels, columns =
+    the image with its truth, then the fractions.
+
+    Returns (uint8 RGB image, caption) or None when no stored map is found.
+    """
+    from PIL import Image, ImageDraw
+
+    from core.app_support import ERROR_COLOURS, error_overlay, mask_overlay
+    from core.datasets import load_dataset
+
+    if not cells:
+        return None
+    maps: dict[tuple[str, float], tuple[np.ndarray, float]] = {}
+    index, config = None, None
+    for key, run_id in cells.items():
+        arrays = registry.evaluation_arrays(run_id, "val")
+        if "index_0" not in arrays:
+            continue
+        if index is None:
+            index, config = int(arrays["index_0"]), registry.get_run(run_id).config
+        position = next((k for k in range(len(arrays)) if f"index_{k}" in arrays and int(arrays[f"index_{k}"]) == index),
+                        None)
+        if position is not None:
+            maps[key] = (arrays[f"probability_{position}"].astype(np.float32), registry.get_run(run_id).config.threshold)
+    if not maps:
+        return None
+    sample = load_dataset(config.dataset, config.root, split="train", size=config.image_size)[index]
+    levels = list(dict.fromkeys(level for level, _ in sorted(cells, key=lambda k: k[1])))
+    levels = [level for level in ("none", "light", "medium", "heavy") if level in levels] + \
+             [level for level in levels if level not in ("none", "light", "medium", "heavy")]
+    fractions = sorted({fraction for _, fraction in cells})
+    band = 16
+
+    def labelled(rgb: np.ndarray, text: str) -> Image.Image:
+        picture = Image.new("RGB", (tile, tile + band), "white")
+        picture.paste(Image.fromarray(rgb).resize((tile, tile), Image.BILINEAR), (0, band))
+        ImageDraw.Draw(picture).text((3, 2), text, fill="black")
+        return picture
+
+    truth_tile = labelled(mask_overlay(sample.image, sample.mask, 0.35), f"{sample.name}: truth")
+    strip = Image.new("RGB", ((len(fractions) + 1) * tile, len(levels) * (tile + band)), "white")
+    for row, level in enumerate(levels):
+        strip.paste(truth_tile, (0, row * (tile + band)))
+        for column, fraction in enumerate(fractions, start=1):
+            if (level, fraction) not in maps:
+                continue
+            probability, threshold = maps[(level, fraction)]
+            rgb = error_overlay(sample.image, sample.mask, probability >= threshold)
+            strip.paste(labelled(rgb, f"{level}, {fraction:.0%}"), (column * tile, row * (tile + band)))
+    colours = ", ".join(f"{name} {'rgb' + str(colour)}" for name, colour in ERROR_COLOURS.items())
+    caption = (f"Validation image {sample.name} (dataset index {index}) across the grid (seed {config.seed} runs): "
+               f"rows are augmentation levels, columns the truth then the train fractions; pixel errors at each "
+               f"run's threshold coloured ({colours}).")
+    return np.asarray(strip), caption
+
+
+def study_times(table: Any) -> dict[str, Any]:
+    """Sum of run times, and first start to last finish (times of each run's last (re)start)."""
+    seconds = table["Run time (s, training + evaluation)"].dropna()
+    starts = [time.mktime(time.strptime(s, "%Y-%m-%d %H:%M:%S")) for s in table["Started"] if s]
+    ends = []
+    for finished, run_seconds, started in zip(table["Finished"], table["Run time (s, training + evaluation)"],
+                                              table["Started"]):
+        if started and not math.isnan(run_seconds):
+            ends.append(time.mktime(time.strptime(started, "%Y-%m-%d %H:%M:%S")) + run_seconds)
+        elif finished:
+            ends.append(time.mktime(time.strptime(finished, "%Y-%m-%d %H:%M:%S")))
+    span = (max(ends) - min(starts)) if starts and ends else float("nan")
+    return {"sum_seconds": float(seconds.sum()) if len(seconds) else float("nan"), "span_seconds": span,
+            "first_start": min(starts) if starts else None, "last_finish": max(ends) if ends else None,
+            "n_timed": int(len(seconds))}
+
+
+# --------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}
+th:first-child,td:first-child{text-align:left}thead{background:#f0f0f0}code,pre{background:#f6f6f6;padding:2px 4px}
+pre{white-space:pre-wrap}img{max-width:100%}.note{color:#555;font-size:13px}"""
+
+
+def build_report(name: str, out_dir: str | Path, registry: Any = None, method: str = "components",
+                 fraction: float | None = None, level: str | None = None) -> ReportFiles:
+    """Write the study's HTML report, Markdown summary and image strips into ``out_dir``.
+
+    Parameters
+    ----------
+    name : study name
+    out_dir : folder (created if needed)
+    method : post-processing method of the instance scores
+    fraction, level : the setting of the Table 1 comparison (default: the smallest train
+        fraction of the study, and level ``none``, else the first level present)
+
+    Raises
+    ------
+    UNetLabError
+        No runs in the study, or a chosen fraction / level that the study does not have.
+    """
+    from core.app_support import format_duration, format_time, grid_heatmap, grid_summary, roc_pr_figures
+    from core.app_support import curves_from_arrays, png_bytes
+    from core.runs import Registry
+    from core.study import describe_machine, load_study, machine_info, study_records, study_table
+
+    registry = registry or Registry()
+    records = study_records(name, registry)
+    table = study_table(name, registry, method=method, records=records)
+    definition = load_study(name, registry)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = metric_columns(table, method)
+    datasets = list(dict.fromkeys(table["Dataset"]))
+    fractions = sorted(set(float(f) for f in table["Train fraction"]))
+    levels = list(dict.fromkeys(table["Augmentation"]))
+    fraction = fractions[0] if fraction is None else float(fraction)
+    if not any(math.isclose(fraction, f) for f in fractions):
+        raise UNetLabError(f"--fraction {fraction:g}: the study has train fractions {', '.join(f'{f:g}' for f in fractions)}")
+    level = level or ("none" if "none" in levels else levels[0])
+    if level not in levels:
+        raise UNetLabError(f"--level {level}: the study has augmentation levels {', '.join(levels)}")
+
+    md: list[str] = []
+    body: list[str] = []
+    figures_written = 0
+
+    def figure_html(figure) -> str:
+        nonlocal figures_written
+        figures_written += 1
+        return figure.to_html(full_html=False, include_plotlyjs="inline" if figures_written == 1 else False)
+
+    def section(title: str, level_: int = 2) -> None:
+        md.extend([f"{'#' * level_} {title}", ""])
+        body.append(f"<h{level_}>{html.escape(title)}</h{level_}>")
+
+    def paragraph(text: str) -> None:
+        md.extend([text, ""])
+        body.append(f"<p class='note'>{html.escape(text)}</p>")
+
+    def both_tables(header, rows) -> None:
+        md.extend([markdown_table(header, rows), ""])
+        body.append(html_table(header, rows))
+
+    evaluated = table[columns["roc_auc"]].notna()
+    title = f"Study {name}"
+    md.extend([f"# {title}", ""])
+    body.append(f"<h1>{html.escape(title)}</h1>")
+    paragraph(f"{len(table)} runs on {', '.join(datasets)}; {int(evaluated.sum())} evaluated on their fixed "
+              f"validation part (best checkpoint). Instance scores use post-processing '{method}'. "
+              f"Report written {format_time(time.time())}.")
+
+    # ---- machine, time, commands
+    section("Machine, wall time and command")
+    machines = list(dict.fromkeys(describe_machine(grid.machine) for grid in (definition.grids if definition else [])
+                                  if grid.machine))
+    if not machines:
+        machines = [describe_machine(machine_info()) + " (the machine writing this report; none was recorded)"]
+    times = study_times(table)
+    rows = [["machine", "; ".join(machines)],
+            ["sum of run times (training + evaluation)", format_duration(times["sum_seconds"])
+             + f" over {times['n_timed']} runs"],
+            ["first start to last finish", format_duration(times["span_seconds"])
+             + (f" ({format_time(times['first_start'])} to {format_time(times['last_finish'])})"
+                if times["first_start"] else "")]]
+    both_tables(["", ""], rows)
+    paragraph("Run times count from each run's last (re)start, so a resumed run counts its last part only.")
+    commands = [grid.command for grid in definition.grids if grid.command] if definition else []
+    if commands:
+        md.extend(["```bash", *commands, "```", ""])
+        body.append("<pre>" + html.escape("\n".join(commands)) + "</pre>")
+    else:
+        paragraph("No command recorded (the study was launched from the app's Train page).")
+
+    # ---- Table 1
+    section(f"The paper's Table 1, redone: train fraction {fraction:.0%}, augmentation {level}")
+    header, rows, notes = table1(table, datasets, fraction, level, method)
+    both_tables(header, rows)
+    for note in notes:
+        paragraph(note)
+
+    # ---- per dataset
+    images: list[Path] = []
+    grid_metrics = {"pixel_f1": columns["pixel_f1"], "dsb_map": columns["dsb_map"], "ap50": columns["ap50"]}
+    for dataset in datasets:
+        section(f"{dataset}", 2)
+        rows_of = table[table["Dataset"] == dataset]
+        if rows_of[columns["roc_auc"]].notna().sum() == 0:
+            paragraph("No evaluated runs yet.")
+            continue
+        for metric in grid_metrics.values():
+            section(metric, 3)
+            grid = grid_table(table, dataset, metric)
+            header, rows, notes = grid_rows(grid)
+            both_tables(header, rows)
+            for note in notes:
+                paragraph(note)
+            body.append(figure_html(grid_heatmap(grid_summary(rows_of, metric),
+                                                 title=f"{dataset}: {metric}, mean ± sd over seeds")))
+        section("Metrics versus train fraction", 3)
+        body.append(figure_html(fraction_lines_figure(table, dataset, grid_metrics)))
+        md.extend(["(figure in report.html: one line per augmentation level, error bars = sd over seeds)", ""])
+
+        cells = representative_runs(table, dataset)
+        curves = {}
+        for (lv, fr), run_id in sorted(cells.items(), key=lambda item: (item[0][1], levels.index(item[0][0]))):
+            stored = curves_from_arrays(registry.evaluation_arrays(run_id, "val"))
+            if stored is not None:
+                curves[f"{lv} {fr:.0%}"] = stored
+        if curves:
+            section("ROC and precision-recall curves (pixels)", 3)
+            threshold = float(rows_of["Threshold"].mode().iloc[0])
+            roc, pr = roc_pr_figures(curves, threshold)
+            body.append(figure_html(roc))
+            body.append(figure_html(pr))
+            seed = int(rows_of.loc[rows_of[columns["roc_auc"]].notna(), "Seed"].min())
+            md.extend([f"(figures in report.html: one curve per cell, seed {seed} runs)", ""])
+        strip = image_strip(cells, registry)
+        if strip is not None:
+            section("The same validation image across the grid", 3)
+            rgb, caption = strip
+            path = out / f"strip_{re.sub(r'[^A-Za-z0-9._-]', '_', dataset)}.png"
+            data = png_bytes(rgb)
+            path.write_bytes(data)
+            images.append(path)
+            md.extend([f"![{dataset} strip]({path.name})", "", caption, ""])
+            body.append(f"<img alt='{html.escape(dataset)} strip' src='data:image/png;base64,"
+                        f"{base64.b64encode(data).decode()}'>")
+            body.append(f"<p class='note'>{html.escape(caption)}</p>")
+
+    # ---- every run
+    section("Every run")
+    keys = ["pixel_f1", "dsb_map", "paper_map", "ap50", "roc_auc", "average_precision"]
+    header = ["Run", "Dataset", "Train fraction", "Augmentation", "Seed", "Status", "Epochs",
+              *(columns[key] for key in keys), "Run time"]
+    rows = []
+    for _, row in table.iterrows():
+        rows.append([row["Run"], row["Dataset"], f"{row['Train fraction']:.0%}", row["Augmentation"], row["Seed"],
+                     row["Status"], row["Epochs"], *(number(row[columns[key]]) for key in keys),
+                     format_duration(row["Run time (s, training + evaluation)"])])
+    both_tables(header, rows)
+    paragraph("Scores on each run's fixed validation part (never trained on); pixel scores sum TP/FP/FN over "
+              "the validation images; mAPs are means over images. '-': not evaluated.")
+
+    markdown_path = out / "summary.md"
+    markdown_path.write_text("\n".join(md).rstrip() + "\n")
+    html_path = out / "report.html"
+    html_path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                         f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
+    return ReportFiles(html=html_path, markdown=markdown_path, images=images)

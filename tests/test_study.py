@@ -1,0 +1,362 @@
+"""Studies: grid expansion, presets, skip/resume logic, the noise note, and tiny studies run
+end to end through ``python -m core study`` (interrupted by SIGKILL and resumed)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.config import RunConfig
+from core.errors import UNetLabError
+from core.metrics import METRIC_NAMES
+from core.paths import PROJECT_ROOT
+from core.report import NOT_AVAILABLE, PAPER_TABLE1, CellStats, format_cell, grid_rows, grid_table, table1, within_seed_noise
+from core.runs import Registry, process_alive
+from core.study import (
+    PAPER_EPOCHS_GUESS, RunState, StudyDefinition, StudyGrid, check_study_name, decide_action, estimate_eta,
+    grid_configs, load_study, parse_augmentations, parse_fractions, parse_roots, plan_study, preset_settings,
+    run_identity, save_study, study_names, validate_grid,
+)
+
+TINY = ["--epochs", "1", "--batch-size", "2", "--patch-size", "64", "--width", "8", "--depth", "3",
+        "--tile-size", "256"]
+
+
+# --------------------------------------------------------------------------------------
+# Pure functions
+# --------------------------------------------------------------------------------------
+
+
+def test_grid_expansion_seeds_outermost_with_shared_settings():
+    grid = StudyGrid(datasets=["synthetic-nuclei", "synthetic-membranes"], fractions=[0.1, 0.5],
+                     augmentations=["none", "heavy"], seeds=[3, 1], overrides={"epochs": 2, "patch_size": 64})
+    configs = grid_configs(grid, "s")
+    assert len(configs) == 2 * 2 * 2 * 2
+    assert [c.seed for c in configs] == [3] * 8 + [1] * 8
+    assert [(c.dataset, c.train_fraction, c.augmentation) for c in configs[:4]] == [
+        ("synthetic-nuclei", 0.1, "none"), ("synthetic-nuclei", 0.1, "heavy"),
+        ("synthetic-nuclei", 0.5, "none"), ("synthetic-nuclei", 0.5, "heavy")]
+    assert all(c.study == "s" and c.epochs == 2 and c.patch_size == 64 and c.base_width == 16 for c in configs)
+    assert len({run_identity(c) for c in configs}) == len(configs)
+    # The study name, notes and extra are not part of a cell's identity; every setting is.
+    config = configs[0]
+    same = RunConfig.from_dict({**config.to_dict(), "study": "other", "notes": "x"})
+    assert run_identity(same) == run_identity(config)
+    assert run_identity(RunConfig.from_dict({**config.to_dict(), "epochs": 3})) != run_identity(config)
+
+
+def test_presets_map_each_dataset_and_yield_to_overrides():
+    assert preset_settings("paper", "dsb2018")["image_size"] == 128
+    for name in ("isbi2012", "isbi2013", "ncmir", "epfl"):
+        assert preset_settings("paper", name)["image_size"] == 512
+        assert preset_settings("default", name)["image_size"] == 512
+    paper = preset_settings("paper", "isbi2012")
+    assert (paper["loss"], paper["optimizer"], paper["base_width"], paper["epochs"]) == ("bce", "adam", 64, PAPER_EPOCHS_GUESS)
+    default = preset_settings("default", "synthetic-nuclei")
+    assert default == {"image_size": None, "base_width": 16, "precision": "auto", "steps_per_epoch": 25}
+    grid = StudyGrid(datasets=["synthetic-nuclei"], fractions=[0.5], augmentations=["none"], preset="paper",
+                     overrides={"epochs": 5, "image_size": 96})
+    (config,) = grid_configs(grid, "s")
+    assert (config.epochs, config.base_width, config.image_size) == (5, 64, 96)
+    with pytest.raises(UNetLabError, match="unknown preset"):
+        preset_settings("fast", "isbi2012")
+    with pytest.raises(UNetLabError, match="train_fraction"):
+        grid_configs(StudyGrid(datasets=["synthetic-nuclei"], overrides={"train_fraction": 0.5}), "s")
+
+
+def test_parsers_refuse_bad_input_clearly():
+    assert parse_roots(" isbi2012=../a , dsb2018=/b ") == {"isbi2012": "../a", "dsb2018": "/b"}
+    assert parse_fractions("0.1, 20%,0.1") == [0.1, 0.2]
+    assert parse_augmentations("none,heavy") == ["none", "heavy"]
+    for call, message in ((lambda: parse_roots("isbi2012"), "dataset=path"),
+                          (lambda: parse_roots("a=1,a=2"), "twice"),
+                          (lambda: parse_fractions("0.1,ten"), "'ten' is not a number"),
+                          (lambda: parse_fractions("1.5"), r"\(0, 1\]"),
+                          (lambda: parse_augmentations("none,extreme"), "extreme"),
+                          (lambda: check_study_name("../x"), "study name")):
+        with pytest.raises(UNetLabError, match=message):
+            call()
+
+
+def test_validate_grid_reports_dataset_problems_before_queueing(tmp_path):
+    with pytest.raises(UNetLabError, match="isbi2012 needs its folder"):
+        validate_grid(StudyGrid(datasets=["isbi2012"]))
+    with pytest.raises(UNetLabError, match="not in --datasets"):
+        validate_grid(StudyGrid(datasets=["synthetic-nuclei"], roots={"isbi2012": str(tmp_path)}))
+    with pytest.raises(UNetLabError, match="no such folder"):
+        validate_grid(StudyGrid(datasets=["isbi2012"], roots={"isbi2012": str(tmp_path / "missing")}))
+    with pytest.raises(UNetLabError, match="unknown dataset 'nuclei'"):
+        validate_grid(StudyGrid(datasets=["nuclei"]))
+    with pytest.raises(UNetLabError):  # the loader's own message about the empty folder
+        validate_grid(StudyGrid(datasets=["isbi2012"], roots={"isbi2012": str(tmp_path)}))
+    checked = validate_grid(StudyGrid(datasets=["synthetic-nuclei"], fractions=[0.1, 0.8]))
+    assert checked.roots == {}
+
+
+def test_validate_grid_on_real_isbi_makes_roots_absolute(isbi2012_root):
+    relative = os.path.relpath(isbi2012_root)
+    checked = validate_grid(StudyGrid(datasets=["isbi2012"], roots={"isbi2012": relative}, fractions=[0.1]))
+    assert checked.roots["isbi2012"] == str(Path(isbi2012_root).resolve())
+
+
+@pytest.mark.parametrize("states, expected", [
+    ([], ("queue", None)),
+    ([RunState("a", "finished", True, False)], ("skip", "a")),
+    ([RunState("a", "failed", False, False), RunState("b", "finished", True, False)], ("skip", "b")),
+    ([RunState("a", "queued", False, False)], ("wait", "a")),
+    ([RunState("a", "running", False, True)], ("wait", "a")),
+    ([RunState("a", "finished", False, True)], ("wait", "a")),  # being evaluated
+    ([RunState("a", "finished", False, False)], ("evaluate", "a")),  # killed while evaluating
+    ([RunState("a", "cancelled", False, False, 1.0), RunState("b", "failed", False, False, 2.0)], ("resume", "b")),
+])
+def test_skip_logic(states, expected):
+    assert decide_action(states) == expected
+
+
+def test_eta_is_mean_duration_times_what_is_left():
+    assert estimate_eta([], 3, []) is None
+    # mean 10 s; 2 waiting -> 20 s; running for 4 s -> 6 s more; running over the mean -> 0.
+    assert estimate_eta([8.0, 12.0], 2, [4.0, 15.0]) == pytest.approx(26.0)
+    assert estimate_eta([8.0, 12.0], 2, [4.0], parallel=2) == pytest.approx(13.0)
+
+
+def test_seed_noise_note_uses_welch_t_test():
+    from scipy.stats import ttest_ind
+
+    far = within_seed_noise([0.90, 0.92, 0.94], [0.50, 0.52, 0.54])
+    # Welch by hand: difference 0.4, standard error sqrt(2 * 0.0004 / 3), df 4 -> t = 24.49.
+    t = 0.4 / np.sqrt(2 * 0.0004 / 3)
+    assert t == pytest.approx(ttest_ind([0.90, 0.92, 0.94], [0.50, 0.52, 0.54]).statistic)
+    assert far.within is False and far.p_value < 1e-4 and far.difference == pytest.approx(0.4)
+    near = within_seed_noise([0.80, 0.90], [0.82, 0.86])
+    assert near.within is True and near.p_value > 0.5
+    assert within_seed_noise([0.8], [0.7, 0.71]).within is None
+    assert within_seed_noise([0.5, 0.5], [0.5, 0.5]).within is True
+    assert within_seed_noise([0.6, 0.6], [0.5, 0.5]).within is False
+
+
+def test_grid_table_marks_best_cell_and_noise():
+    metric = METRIC_NAMES["ap50"]
+    rows = [("none", 0.1, 0.50), ("none", 0.1, 0.52), ("heavy", 0.1, 0.20), ("heavy", 0.1, 0.21),
+            ("none", 0.5, 0.80), ("none", 0.5, 0.82), ("heavy", 0.5, 0.78), ("heavy", 0.5, 0.86)]
+    table = pd.DataFrame([{"Dataset": "d", "Augmentation": a, "Train fraction": f, "Seed": i % 2, metric: v}
+                          for i, (a, f, v) in enumerate(rows)])
+    grid = grid_table(table, "d", metric)
+    assert grid.best == ("heavy", 0.5) and grid.fractions == [0.1, 0.5] and grid.levels == ["none", "heavy"]
+    assert grid.cells[("none", 0.5)].mean == pytest.approx(0.81)
+    assert grid.verdicts[("none", 0.5)].within is True
+    assert grid.verdicts[("heavy", 0.1)].within is False
+    header, text_rows, notes = grid_rows(grid)
+    assert header == ["augmentation \\ train fraction", "10%", "50%"]
+    assert text_rows[1][2] == "**0.8200 ± 0.0566 (n=2) best**"
+    assert text_rows[0][2] == "0.8100 ± 0.0141 (n=2) ≈"
+    assert text_rows[1][1] == "0.2050 ± 0.0071 (n=2)"
+    assert "Welch" in notes[0] and "heavy 10%" in notes[0]
+    assert format_cell(CellStats((0.25,))) == "0.2500 (n=1)" and format_cell(None) == "no runs"
+
+
+def test_table1_prints_no_invented_paper_figures():
+    assert all(value is None for figures in PAPER_TABLE1.values() for value in figures.values())
+    f1 = METRIC_NAMES["pixel_f1"]
+    pmap, dmap = f"{METRIC_NAMES['paper_map']} [components]", f"{METRIC_NAMES['dsb_map']} [components]"
+    table = pd.DataFrame([{"Dataset": "isbi2012", "Train fraction": 0.1, "Augmentation": "none", f1: 0.9, pmap: 0.3,
+                           dmap: 0.2, "AP@0.5, TP/(TP+FP+FN) [components]": 0.4,
+                           METRIC_NAMES["roc_auc"]: 0.95, METRIC_NAMES["average_precision"]: 0.9}])
+    header, rows, notes = table1(table, ["isbi2012"], 0.1, "none", "components")
+    assert header == ["metric", "isbi2012"]
+    assert rows[1] == ["mAP (the paper's Table 1)", NOT_AVAILABLE] and rows[3][1] == NOT_AVAILABLE
+    assert rows[0] == [f"mAP (ours): {pmap}", "0.3000 (n=1)"] and rows[2][1] == "0.9000 (n=1)"
+    assert "0.89–0.97" in notes[1] and "F1 0.96 after training on 10% of the images" in notes[1]
+    assert "inside the paper's range: isbi2012" in notes[2]
+
+
+def test_definitions_are_stored_and_grids_deduplicated(tmp_path):
+    registry = Registry(tmp_path / "registry.sqlite")
+    definition = StudyDefinition(name="s1")
+    grid = StudyGrid(datasets=["synthetic-nuclei"], fractions=[0.1], augmentations=["none"], command="first")
+    assert definition.add_grid(grid)
+    assert not definition.add_grid(StudyGrid(datasets=["synthetic-nuclei"], fractions=[0.1],
+                                             augmentations=["none"], command="again"))
+    assert definition.add_grid(StudyGrid(datasets=["synthetic-nuclei"], fractions=[0.1, 0.5], augmentations=["none"]))
+    assert len(definition.configs()) == 2  # 0.1/none is in both grids, counted once
+    path = save_study(definition, registry)
+    assert path == tmp_path / "studies" / "s1.json" and [p.name for p in path.parent.iterdir()] == ["s1.json"]
+    loaded = load_study("s1", registry)
+    assert loaded.to_dict() == definition.to_dict()
+    assert load_study("missing", registry) is None
+    registry.create_run(RunConfig(study="from-app"))
+    assert study_names(registry) == ["from-app", "s1"]
+    path.write_text("{not json")
+    with pytest.raises(UNetLabError, match="not a readable study definition"):
+        load_study("s1", registry)
+
+
+def test_plan_skips_waits_resumes_and_queues(tmp_path):
+    registry = Registry(tmp_path / "registry.sqlite")
+    definition = StudyDefinition("p", [StudyGrid(datasets=["synthetic-nuclei"], fractions=[0.1, 0.2, 0.5],
+                                                 augmentations=["none", "heavy"])])
+    configs = definition.configs()
+    done = registry.create_run(configs[0], status="running")
+    registry.set_status(done, "finished")
+    registry.save_evaluation(done, "val", {"seconds": 1.0})
+    waiting = registry.create_run(configs[1])
+    killed = registry.create_run(configs[2], status="running")
+    with registry._connect() as db:  # a process id that is surely gone: the run was killed
+        db.execute("UPDATE runs SET pid=? WHERE id=?", (2 ** 22 + 12345, killed))
+    other_settings = RunConfig.from_dict({**configs[3].to_dict(), "epochs": 99})
+    registry.create_run(other_settings, status="queued")  # not this cell: different epochs
+    plan = plan_study(definition, registry)
+    assert [(item.action, item.run_id) for item in plan[:3]] == [("skip", done), ("wait", waiting), ("resume", killed)]
+    assert [item.action for item in plan[3:]] == ["queue", "queue", "queue"]
+    assert registry.get_run(killed).status == "failed"
+
+
+# --------------------------------------------------------------------------------------
+# Through the command line
+# --------------------------------------------------------------------------------------
+
+
+def study_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", "study", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def worker_pid(registry: Registry) -> int | None:
+    try:
+        return json.loads(registry.path.with_name("worker.lock").read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def is_our_worker(pid: int | None) -> bool:
+    try:
+        return process_alive(pid) and b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def registry():
+    """The registry the subprocesses use (UNETLAB_CACHE is inherited); ends the worker afterwards."""
+    registry = Registry()
+    yield registry
+    pid = worker_pid(registry)
+    if is_our_worker(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + 20
+        while is_our_worker(pid) and time.time() < deadline:
+            time.sleep(0.2)
+
+
+def test_study_runs_end_to_end_skips_finished_runs_and_reports(registry, tmp_path):
+    grid = ["--datasets", "synthetic-nuclei", "--fractions", "0.2,0.5", "--augmentations", "none,heavy",
+            "--seeds", "0", "--steps-per-epoch", "2", *TINY]
+    result = study_cli("run", "--name", "tiny", *grid)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 runs: 4 queued" in result.stdout and "4 finished, 0 failed" in result.stdout
+    runs = registry.list_runs(study="tiny")
+    assert len(runs) == 4 and {run.status for run in runs} == {"finished"}
+    assert all(registry.get_evaluation(run.id, "val") is not None for run in runs)
+
+    # Again, with and without the grid: nothing new is created.
+    for again in (grid, []):
+        result = study_cli("run", "--name", "tiny", *again)
+        assert result.returncode == 0, result.stderr
+        assert "0 queued, 0 resumed" in result.stdout and "4 finished (skipped)" in result.stdout
+    assert sorted(run.id for run in registry.list_runs(study="tiny")) == sorted(run.id for run in runs)
+
+    # The tidy table: one row per run, exact metric names, the stored numbers.
+    result = study_cli("table", "tiny", "--csv")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(io.StringIO(result.stdout))
+    f1 = METRIC_NAMES["pixel_f1"]
+    dsb = f"{METRIC_NAMES['dsb_map']} [components]"
+    assert len(table) == 4 and {f1, dsb, METRIC_NAMES["roc_auc"], "Patch size"} <= set(table.columns)
+    for run in runs:
+        row = table[table["Run"] == run.id].iloc[0]
+        stored = registry.get_evaluation(run.id, "val")
+        assert row[f1] == pytest.approx(stored["pixel"]["f1"])
+        assert row[dsb] == pytest.approx(stored["instances"]["components"]["dsb_map"])
+        assert (row["Train fraction"], row["Augmentation"], row["Epochs"]) == (
+            run.config.train_fraction, run.config.augmentation, 1)
+
+    # The report.
+    out = tmp_path / "report"
+    result = study_cli("report", "tiny", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    page = (out / "report.html").read_text()
+    # 3 grid heatmaps, the metric-versus-fraction lines, ROC and PR: 6 figures; plotly.js once.
+    assert page.count('class="plotly-graph-div"') == 6
+    assert page.count("plotly.js v") >= 1 and page.count("<script type=\"text/javascript\">/**") <= 1
+    assert "data:image/png;base64," in page and (out / "strip_synthetic-nuclei.png").stat().st_size > 1000
+    summary = (out / "summary.md").read_text()
+    assert NOT_AVAILABLE in summary and "python -m core study run --name tiny" in summary
+    assert METRIC_NAMES["pixel_f1"] in summary and "**" in summary  # best cell marked
+    for run in runs:
+        stored = registry.get_evaluation(run.id, "val")
+        line = next(line for line in summary.splitlines() if line.startswith(f"| {run.id} |"))
+        assert f"| {stored['pixel']['f1']:.4f} |" in line
+        assert f"| {stored['curves']['roc_auc']:.4f} |" in line
+        assert f"| {stored['instances']['components']['ap50']:.4f} |" in line
+
+    result = study_cli("report", "tiny", "--out", str(out), "--level", "light")
+    assert result.returncode == 2 and "--level light" in result.stderr
+
+
+def test_killed_study_completes_when_run_again(registry):
+    command = [sys.executable, "-m", "core", "study", "run", "--name", "killed", "--datasets", "synthetic-nuclei",
+               "--fractions", "0.5", "--augmentations", "none,light", "--seeds", "0", "--steps-per-epoch", "20",
+               *TINY]
+    study = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim, deadline = None, time.time() + 120
+    try:
+        while victim is None and time.time() < deadline:  # the second run, part-way through training
+            runs = sorted(registry.list_runs(study="killed"), key=lambda run: run.created)
+            if len(runs) == 2 and runs[1].status == "running" and runs[1].progress.get("step", 0) >= 1:
+                victim = runs[1]
+            time.sleep(0.2)
+        assert victim is not None, "the second run never started training"
+    finally:
+        study.kill()
+        study.wait()
+    worker = worker_pid(registry)
+    if is_our_worker(worker):
+        os.kill(worker, signal.SIGKILL)
+    os.killpg(victim.pid, signal.SIGKILL)  # the training process runs in its own session
+    while process_alive(victim.pid) or is_our_worker(worker):
+        time.sleep(0.1)
+    registry.reap_dead()
+    assert registry.get_run(victim.id).status == "failed"
+
+    result = study_cli("status", "killed")
+    assert result.returncode == 0 and "1 failed" in result.stdout
+
+    result = study_cli("run", "--name", "killed")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 resumed" in result.stdout and "2 finished, 0 failed" in result.stdout
+    runs = registry.list_runs(study="killed")
+    assert len(runs) == 2 and victim.id in {run.id for run in runs}
+    assert all(run.status == "finished" and registry.get_evaluation(run.id, "val") for run in runs)
+    assert [epoch["epoch"] for epoch in registry.epochs(victim.id)] == [0, 1]
+
+
+def test_cli_refuses_bad_grids_without_queueing(registry, tmp_path):
+    result = study_cli("run", "--name", "bad", "--datasets", "synthetic-nuclei,isbi2012", "--no-wait")
+    assert result.returncode == 2 and "isbi2012 needs its folder" in result.stderr
+    result = study_cli("run", "--name", "bad", "--datasets", "isbi2012", "--roots", f"isbi2012={tmp_path}/nope")
+    assert result.returncode == 2 and "no such folder" in result.stderr
+    result = study_cli("run", "--name", "bad")
+    assert result.returncode == 2 and "no stored study 'bad'" in result.stderr
+    result = study_cli("run", "--name", "bad", "--seeds", "0,1")
+    assert result.returncode == 2 and "--datasets" in result.stderr
+    assert registry.list_runs() == [] and load_study("bad", registry) is None
