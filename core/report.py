@@ -497,7 +497,9 @@ def build_report(name: str, out_dir: str | Path, registry: Any = None, method: s
              + (f" ({format_time(times['first_start'])} to {format_time(times['last_finish'])})"
                 if times["first_start"] else "")]]
     both_tables(["", ""], rows)
-    paragraph("Run times count from each run's last (re)start, so a resumed run counts its last part only.")
+    paragraph("Run times count from each run's last (re)start, so a resumed run counts its last part only. "
+              "The worker starts the next run while the previous one is being evaluated, so the sum of run "
+              "times can exceed the span from first start to last finish.")
     commands = [grid.command for grid in definition.grids if grid.command] if definition else []
     if commands:
         md.extend(["```bash", *commands, "```", ""])

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from core.config import AUGMENTATION_LEVELS, RunConfig
-from core.errors import RunError, UNetLabError
+from core.errors import UNetLabError
 
 PRESETS: tuple[str, ...] = ("default", "paper")
 #: The paper's epoch counts are not available to us; this is a documented guess, not its figure.
@@ -46,8 +46,6 @@ PAPER_EPOCHS_GUESS: int = 50
 GRID_FIELDS: tuple[str, ...] = ("dataset", "root", "train_fraction", "augmentation", "seed", "study")
 #: Config fields that do not change what a run computes, left out of a cell's identity.
 NON_IDENTITY_FIELDS: tuple[str, ...] = ("study", "notes", "extra")
-#: Statuses after which a run changes no more (a finished run may still be evaluating).
-ENDED = ("finished", "failed", "cancelled")
 if TYPE_CHECKING:  # pandas is imported inside the functions that need it
     import pandas as pd
 
@@ -545,6 +543,7 @@ def follow(run_ids: Sequence[str], registry: Any, poll_seconds: float = 1.0, sho
     bar = tqdm(total=progress.total, initial=progress.done, unit="run", disable=not show_progress,
                bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} runs [{elapsed}{postfix}]",
                desc="study", dynamic_ncols=True)
+    missing_since: float | None = None
     try:
         while True:
             bar.n = progress.done
@@ -553,8 +552,15 @@ def follow(run_ids: Sequence[str], registry: Any, poll_seconds: float = 1.0, sho
                                 f"ETA {format_duration(progress.eta_seconds)}", refresh=True)
             if progress.done >= progress.total:
                 return progress
+            # A worker takes a few seconds to take its lock after it is started: restart
+            # it only when it has been missing for a while (it died, or was killed).
             if progress.queued and not queue.worker_running(registry):
-                queue.ensure_worker(registry, max_parallel=max_parallel)
+                missing_since = missing_since or time.time()
+                if time.time() - missing_since > 10:
+                    queue.ensure_worker(registry, max_parallel=max_parallel)
+                    missing_since = None
+            else:
+                missing_since = None
             time.sleep(poll_seconds)
             progress = study_progress(run_ids, registry, parallel)
     finally:
