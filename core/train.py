@@ -326,6 +326,8 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
     memory_format = torch.channels_last if config.channels_last and device.type != "mps" else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if config.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     else:
@@ -374,8 +376,9 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
                 logits = model(inputs)
             loss = segmentation_loss(logits.float(), target, config.loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += loss.item()
             bar.set_postfix(loss=f"{loss_sum / step:.4f}")
             if time.time() - last_report > 1.0 or step == config.steps_per_epoch:
