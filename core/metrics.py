@@ -884,7 +884,7 @@ def foreground_restricted_scores(
     """
     table = contingency(truth_labels, predicted_labels)
     in_truth_objects = table.rows > 0
-    rows, columns, counts = table.rows[in_truth_objects], table.columns[in_truth_objects], table.counts[in_truth_objects]
+    columns, counts = table.columns[in_truth_objects], table.counts[in_truth_objects]
     n_pixels = int(counts.sum())
     if n_pixels == 0:
         return ForegroundRestrictedScores(*([math.nan] * 9), n_pixels=0)

@@ -13,7 +13,6 @@ torch) is seeded from ``(config.seed, e)``. A run resumed from ``last.pt`` after
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import signal
