@@ -28,11 +28,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from core.errors import UNetLabError
+
+if TYPE_CHECKING:
+    from core.runs import Registry
 
 #: The paper's Table 1 per dataset (its five datasets). We do not have the table, so every
 #: entry is None and is printed as :data:`NOT_AVAILABLE`; fill in a figure only from the paper.
@@ -331,7 +334,7 @@ def representative_runs(table: Any, dataset: str) -> dict[tuple[str, float], str
             for (level, fraction), group in rows.groupby(["Augmentation", "Train fraction"])}
 
 
-def image_strip(cells: Mapping[tuple[str, float], str], registry: Any, tile: int = 200) -> tuple[np.ndarray, str] | None:
+def image_strip(cells: Mapping[tuple[str, float], str], registry: Registry, tile: int = 200) -> tuple[np.ndarray, str] | None:
     """The same validation image for every cell, errors coloured; rows = levels, columns =
     the image with its truth, then the fractions.
 
@@ -415,7 +418,7 @@ th:first-child,td:first-child{text-align:left}thead{background:#f0f0f0}code,pre{
 pre{white-space:pre-wrap}img{max-width:100%}.note{color:#555;font-size:13px}"""
 
 
-def build_report(name: str, out_dir: str | Path, registry: Any = None, method: str = "components",
+def build_report(name: str, out_dir: str | Path, registry: Registry | None = None, method: str = "components",
                  fraction: float | None = None, level: str | None = None) -> ReportFiles:
     """Write the study's HTML report, Markdown summary and image strips into ``out_dir``.
 

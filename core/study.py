@@ -46,8 +46,10 @@ PAPER_EPOCHS_GUESS: int = 50
 GRID_FIELDS: tuple[str, ...] = ("dataset", "root", "train_fraction", "augmentation", "seed", "study")
 #: Config fields that do not change what a run computes, left out of a cell's identity.
 NON_IDENTITY_FIELDS: tuple[str, ...] = ("study", "notes", "extra")
-if TYPE_CHECKING:  # pandas is imported inside the functions that need it
+if TYPE_CHECKING:  # imported inside the functions that need them
     import pandas as pd
+
+    from core.runs import Registry
 
 STUDY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -302,16 +304,16 @@ def validate_grid(grid: StudyGrid) -> StudyGrid:
 # --------------------------------------------------------------------------------------
 
 
-def studies_dir(registry: Any) -> Path:
+def studies_dir(registry: Registry) -> Path:
     """Folder of the stored study definitions, beside the registry database."""
     return Path(registry.path).parent / "studies"
 
 
-def definition_path(name: str, registry: Any) -> Path:
+def definition_path(name: str, registry: Registry) -> Path:
     return studies_dir(registry) / f"{check_study_name(name)}.json"
 
 
-def save_study(definition: StudyDefinition, registry: Any) -> Path:
+def save_study(definition: StudyDefinition, registry: Registry) -> Path:
     """Write the definition atomically (temporary file, then rename); return its path."""
     path = definition_path(definition.name, registry)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,7 +323,7 @@ def save_study(definition: StudyDefinition, registry: Any) -> Path:
     return path
 
 
-def load_study(name: str, registry: Any) -> StudyDefinition | None:
+def load_study(name: str, registry: Registry) -> StudyDefinition | None:
     """The stored definition of study ``name``, or None when there is none."""
     path = definition_path(name, registry)
     if not path.is_file():
@@ -332,7 +334,7 @@ def load_study(name: str, registry: Any) -> StudyDefinition | None:
         raise UNetLabError(f"{path}: not a readable study definition ({error})") from None
 
 
-def study_names(registry: Any) -> list[str]:
+def study_names(registry: Registry) -> list[str]:
     """Studies with a stored definition or with runs in the registry, sorted."""
     stored = {path.stem for path in studies_dir(registry).glob("*.json")} if studies_dir(registry).is_dir() else set()
     in_registry = {run.study for run in registry.list_runs() if run.study}
@@ -392,7 +394,7 @@ def decide_action(matches: Sequence[RunState]) -> tuple[str, str | None]:
     return "queue", None
 
 
-def run_states(registry: Any, study: str) -> dict[str, list[RunState]]:
+def run_states(registry: Registry, study: str) -> dict[str, list[RunState]]:
     """Existing runs of a study grouped by cell identity (dead processes reaped first)."""
     from core.runs import process_alive
 
@@ -405,7 +407,7 @@ def run_states(registry: Any, study: str) -> dict[str, list[RunState]]:
     return groups
 
 
-def plan_study(definition: StudyDefinition, registry: Any) -> list[PlannedRun]:
+def plan_study(definition: StudyDefinition, registry: Registry) -> list[PlannedRun]:
     """What running the study would do with each of its cells (nothing is changed)."""
     groups = run_states(registry, definition.name)
     plan = []
@@ -415,7 +417,7 @@ def plan_study(definition: StudyDefinition, registry: Any) -> list[PlannedRun]:
     return plan
 
 
-def launch(plan: Sequence[PlannedRun], registry: Any, max_parallel: int | None = None,
+def launch(plan: Sequence[PlannedRun], registry: Registry, max_parallel: int | None = None,
            start_worker: bool = True) -> list[str]:
     """Carry out a plan: queue new cells, resume or re-evaluate stopped runs, start the worker.
 
@@ -493,7 +495,7 @@ class StudyProgress:
     mean_run_seconds: float | None
 
 
-def study_progress(run_ids: Sequence[str], registry: Any, parallel: int = 1) -> StudyProgress:
+def study_progress(run_ids: Sequence[str], registry: Registry, parallel: int = 1) -> StudyProgress:
     """Where the given runs stand now (reaps dead processes first)."""
     registry.reap_dead()
     now = time.time()
@@ -526,7 +528,7 @@ def study_progress(run_ids: Sequence[str], registry: Any, parallel: int = 1) -> 
     return StudyProgress(len(run_ids), done, finished, failed, cancelled, running, queued, eta, mean)
 
 
-def follow(run_ids: Sequence[str], registry: Any, poll_seconds: float = 1.0, show_progress: bool = True,
+def follow(run_ids: Sequence[str], registry: Registry, poll_seconds: float = 1.0, show_progress: bool = True,
            max_parallel: int | None = None) -> StudyProgress:
     """Wait until every run is done, with a tqdm bar over finished runs and an ETA.
 
@@ -590,13 +592,13 @@ EXTRA_CONFIG_COLUMNS: dict[str, str] = {
 }
 
 
-def study_records(name: str, registry: Any) -> list[Any]:
+def study_records(name: str, registry: Registry) -> list[Any]:
     """A study's runs, oldest first (the order they were queued)."""
     registry.reap_dead()
     return sorted(registry.list_runs(study=name), key=lambda run: (run.created, run.id))
 
 
-def study_table(name: str, registry: Any, method: str = "components",
+def study_table(name: str, registry: Registry, method: str = "components",
                 records: Sequence[Any] | None = None) -> pd.DataFrame:
     """The tidy results table: one row per run, every config field and every metric.
 
