@@ -81,15 +81,41 @@ def worker_running(registry: Registry) -> bool:
         return False
 
 
-def ensure_worker(registry: Registry | None = None, max_parallel: int | None = None) -> bool:
-    """Start a detached worker for this registry unless one runs; True if one was started."""
+def settings_path(registry: Registry) -> Path:
+    return registry.path.with_name("worker-settings.json")
+
+
+def set_max_parallel(max_parallel: int, registry: Registry | None = None) -> None:
+    """How many runs the worker trains at once; a running worker picks it up within a second."""
     registry = registry or Registry()
+    if max_parallel < 1:
+        raise RunError(f"runs trained at once must be at least 1, got {max_parallel}")
+    path = settings_path(registry)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps({"max_parallel": int(max_parallel)}))
+    os.replace(temporary, path)
+
+
+def current_max_parallel(registry: Registry, default: int) -> int:
+    """The stored setting of :func:`set_max_parallel`, else ``default``."""
+    try:
+        return max(1, int(json.loads(settings_path(registry).read_text())["max_parallel"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
+def ensure_worker(registry: Registry | None = None, max_parallel: int | None = None) -> bool:
+    """Start a detached worker for this registry unless one runs; True if one was started.
+
+    ``max_parallel``, when given, also applies to a worker that is already running.
+    """
+    registry = registry or Registry()
+    if max_parallel:
+        set_max_parallel(max_parallel, registry)
     if worker_running(registry):
         return False
     log = open(registry.path.with_name("worker.log"), "a")
     command = [sys.executable, "-m", "core", "worker"]
-    if max_parallel:
-        command += ["--max-parallel", str(max_parallel)]
     subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
                      stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
     log.close()
@@ -114,7 +140,8 @@ def run_worker(registry: Registry | None = None, max_parallel: int | None = None
     ``idle_exit_seconds``. Returns the number of runs it started.
     """
     registry = registry or Registry()
-    max_parallel = max_parallel or default_parallel()
+    if max_parallel:
+        set_max_parallel(max_parallel, registry)
     handle = open(lock_path(registry), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -144,6 +171,7 @@ def run_worker(registry: Registry | None = None, max_parallel: int | None = None
                     del children[run_id]
             registry.reap_dead()
             running = registry.list_runs(status="running")
+            max_parallel = current_max_parallel(registry, default_parallel())
             queued = sorted(registry.list_runs(status="queued"), key=lambda run: (run.created, run.id))
             free = max_parallel - len(running)
             for run in queued[:max(free, 0)]:

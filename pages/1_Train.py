@@ -162,7 +162,7 @@ with st.expander("More settings"):
                                help="auto: the GPU when there is one, else the CPU")
     parallel = more[3].number_input("Runs trained at once", 1, 16, default_parallel(), key="parallel",
                                     help="1 on the CPU (one run already uses every core); one per GPU otherwise. "
-                                         "Applies when the training worker starts.")
+                                         "Applies at the next launch, also to a worker that is already running.")
 
 # ---- launch ---------------------------------------------------------------------------------
 

@@ -137,3 +137,16 @@ def test_queue_worker_trains_queued_runs_and_cancels_queued_ones():
     assert registry.get_run(second).status == "cancelled"
     assert worker_running(registry)  # still idling, waiting for more work
     assert ensure_worker(registry) is False  # never a second worker
+
+
+def test_parallel_setting_reaches_a_running_worker(tmp_path):
+    from core.errors import RunError
+    from core.queue import current_max_parallel, set_max_parallel
+
+    registry = Registry(tmp_path / "registry.sqlite")
+    assert current_max_parallel(registry, default=1) == 1  # nothing stored yet
+    set_max_parallel(3, registry)
+    assert current_max_parallel(registry, default=1) == 3  # the worker reads this every poll
+    with pytest.raises(RunError, match="at least 1"):
+        set_max_parallel(0, registry)
+    assert current_max_parallel(registry, default=1) == 3
