@@ -185,8 +185,10 @@ def grid_rows(grid: GridTable) -> tuple[list[str], list[list[str]], list[str]]:
             note += f" Within seed noise of it (≈, Welch t-test p ≥ {NOISE_ALPHA}): {', '.join(near)}."
         if apart:
             note += f" Worse beyond seed noise (Welch t-test p < {NOISE_ALPHA}): {', '.join(apart)}."
-        if unknown:
-            note += f" No seed-noise estimate (fewer than 2 seeds in a cell): {', '.join(unknown)}."
+        if unknown and grid.cells[grid.best].n < 2:
+            note += " No seed-noise estimate: the best cell has fewer than 2 seeds."
+        elif unknown:
+            note += f" No seed-noise estimate (fewer than 2 seeds in the cell): {', '.join(unknown)}."
         if ties:
             note += f" Same mean as the best: {', '.join(ties)}."
         notes.append(note)
@@ -238,7 +240,7 @@ def metric_columns(table: Any, method: str) -> dict[str, str]:
     from core.metrics import METRIC_NAMES
 
     pixel_f1 = next(column for column in table.columns if column.startswith("Pixel F1 (Dice) at threshold"))
-    return {"pixel_f1": pixel_f1, "dsb_map": instance_column("dsb_map", method),
+    return {"pixel_f1": pixel_f1, "membrane_f1": METRIC_NAMES["pixel_f1_negative"], "dsb_map": instance_column("dsb_map", method),
             "ap50": instance_column("ap50", method), "paper_map": instance_column("paper_map", method),
             "roc_auc": METRIC_NAMES["roc_auc"], "average_precision": METRIC_NAMES["average_precision"]}
 
@@ -250,6 +252,8 @@ def table1(table: Any, datasets: Sequence[str], fraction: float, level: str, met
     chosen = table[(np.isclose(table["Train fraction"], fraction)) & (table["Augmentation"] == level)]
 
     def ours(dataset: str, key: str) -> str:
+        if columns[key] not in chosen:
+            return format_cell(None)
         values = chosen[chosen["Dataset"] == dataset][columns[key]].dropna()
         return format_cell(CellStats(tuple(float(v) for v in values)))
 
@@ -265,6 +269,10 @@ def table1(table: Any, datasets: Sequence[str], fraction: float, level: str, met
         ["F1 (the paper's Table 1)", *(paper(d, "F1") for d in datasets)],
         [f"also ours: {columns['dsb_map']}", *(ours(d, "dsb_map") for d in datasets)],
     ]
+    membrane_sets = [d for d in datasets if is_membrane_dataset(d)]
+    if membrane_sets:
+        rows.append([f"also ours, EM membrane sets: {columns['membrane_f1']} (membrane F1)",
+                     *(ours(d, "membrane_f1") if d in membrane_sets else "-" for d in datasets)])
     f1_means = chosen.groupby("Dataset")[columns["pixel_f1"]].mean().dropna()
     map_means = chosen.groupby("Dataset")[columns["paper_map"]].mean().dropna()
     low_f1, high_f1 = PAPER_RANGES["F1"]
@@ -283,7 +291,22 @@ def table1(table: Any, datasets: Sequence[str], fraction: float, level: str, met
                      + (", ".join(d for d, v in f1_means.items() if low_f1 <= v <= high_f1) or "none") + ".")
     else:
         notes.append("No evaluated run at this fraction and level.")
+    if membrane_sets:
+        notes.append(f"On {', '.join(membrane_sets)} the positive class is the cell interior (most of each image), "
+                     "so the pixel F1 above is high even for a poor membrane map; the membrane F1 row scores the "
+                     "thin membranes themselves and is the stricter figure.")
     return header, rows, notes
+
+
+def is_membrane_dataset(name: str) -> bool:
+    """True for datasets whose positive class is a dense cell interior bounded by membranes."""
+    from core.datasets import get_spec
+    from core.errors import DatasetError
+
+    try:
+        return get_spec(name).kind == "membrane"
+    except DatasetError:  # a study may name a dataset this version no longer knows
+        return False
 
 
 def fraction_lines_figure(table: Any, dataset: str, metrics: Mapping[str, str]):
@@ -526,7 +549,11 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
         if rows_of[columns["roc_auc"]].notna().sum() == 0:
             paragraph("No evaluated runs yet.")
             continue
-        for metric in grid_metrics.values():
+        metrics_here = dict(grid_metrics)
+        if is_membrane_dataset(dataset) and columns["membrane_f1"] in table:
+            metrics_here = {"pixel_f1": columns["pixel_f1"], "membrane_f1": columns["membrane_f1"],
+                            "dsb_map": columns["dsb_map"], "ap50": columns["ap50"]}
+        for metric in metrics_here.values():
             section(metric, 3)
             grid = grid_table(table, dataset, metric)
             header, rows, notes = grid_rows(grid)
@@ -536,7 +563,7 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
             body.append(figure_html(grid_heatmap(grid_summary(rows_of, metric),
                                                  title=f"{dataset}: {metric}, mean ± sd over seeds")))
         section("Metrics versus train fraction", 3)
-        body.append(figure_html(fraction_lines_figure(table, dataset, grid_metrics)))
+        body.append(figure_html(fraction_lines_figure(table, dataset, metrics_here)))
         md.extend(["(figure in report.html: one line per augmentation level, error bars = sd over seeds)", ""])
 
         cells = representative_runs(table, dataset)

@@ -20,7 +20,10 @@ from core.config import RunConfig
 from core.errors import UNetLabError
 from core.metrics import METRIC_NAMES
 from core.paths import PROJECT_ROOT
-from core.report import NOT_AVAILABLE, PAPER_TABLE1, CellStats, format_cell, grid_rows, grid_table, table1, within_seed_noise
+from core.report import (
+    NOT_AVAILABLE, PAPER_TABLE1, CellStats, format_cell, grid_rows, grid_table, is_membrane_dataset, table1,
+    within_seed_noise,
+)
 from core.runs import Registry, process_alive
 from core.study import (
     PAPER_EPOCHS_GUESS, RunState, StudyDefinition, StudyGrid, check_study_name, decide_action, estimate_eta,
@@ -165,6 +168,15 @@ def test_grid_table_marks_best_cell_and_noise():
     assert format_cell(CellStats((0.25,))) == "0.2500 (n=1)" and format_cell(None) == "no runs"
 
 
+def test_noise_note_names_the_single_seed_best_cell_not_the_others():
+    metric = METRIC_NAMES["ap50"]
+    rows = [("none", 0.1, 0.50), ("none", 0.1, 0.52), ("heavy", 0.1, 0.90)]
+    table = pd.DataFrame([{"Dataset": "d", "Augmentation": a, "Train fraction": f, "Seed": i, metric: v}
+                          for i, (a, f, v) in enumerate(rows)])
+    notes = grid_rows(grid_table(table, "d", metric))[2]
+    assert "the best cell has fewer than 2 seeds" in notes[0] and "none 10%" not in notes[0]
+
+
 def test_table1_prints_no_invented_paper_figures():
     assert all(value is None for figures in PAPER_TABLE1.values() for value in figures.values())
     f1 = METRIC_NAMES["pixel_f1"]
@@ -178,6 +190,20 @@ def test_table1_prints_no_invented_paper_figures():
     assert rows[0] == [f"mAP (ours): {pmap}", "0.3000 (n=1)"] and rows[2][1] == "0.9000 (n=1)"
     assert "0.89–0.97" in notes[1] and "F1 0.96 after training on 10% of the images" in notes[1]
     assert "inside the paper's range: isbi2012" in notes[2]
+
+
+def test_table1_adds_membrane_f1_for_em_sets_only():
+    f1, membrane = METRIC_NAMES["pixel_f1"], METRIC_NAMES["pixel_f1_negative"]
+    pmap = f"{METRIC_NAMES['paper_map']} [components]"
+    table = pd.DataFrame([{"Dataset": d, "Train fraction": 0.1, "Augmentation": "none", f1: 0.9, membrane: m, pmap: 0.3}
+                          for d, m in [("isbi2012", 0.7), ("isbi2012", 0.8), ("dsb2018", 0.99)]])
+    header, rows, notes = table1(table, ["isbi2012", "dsb2018"], 0.1, "none", "components")
+    assert rows[-1] == [f"also ours, EM membrane sets: {membrane} (membrane F1)", "0.7500 ± 0.0707 (n=2)", "-"]
+    assert any("membrane F1 row" in note and "isbi2012" in note for note in notes)
+    assert is_membrane_dataset("isbi2013") and not is_membrane_dataset("epfl")
+    assert not is_membrane_dataset("no-such-set")
+    header, rows, notes = table1(table, ["dsb2018"], 0.1, "none", "components")
+    assert not any("membrane" in row[0] for row in rows)
 
 
 def test_definitions_are_stored_and_grids_deduplicated(tmp_path):
