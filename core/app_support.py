@@ -371,6 +371,7 @@ def _evaluation_columns(summary: Mapping[str, Any] | None, method: str, threshol
         metric_name("pixel_recall", threshold): nan,
         metric_name("pixel_iou", threshold): nan,
         metric_name("pixel_f1_all_positive"): nan,
+        metric_name("pixel_f1_negative", threshold): nan,
         metric_name("pixel_tp", threshold): nan,
         metric_name("pixel_fp", threshold): nan,
         metric_name("pixel_fn", threshold): nan,
@@ -392,7 +393,7 @@ def _evaluation_columns(summary: Mapping[str, Any] | None, method: str, threshol
         summary.get("n_images", nan),
         summary.get("epoch", nan),
         pixel["f1"], pixel["precision"], pixel["recall"], pixel["iou"], pixel["f1_all_positive"],
-        pixel["tp"], pixel["fp"], pixel["fn"],
+        pixel.get("f1_negative", nan), pixel["tp"], pixel["fp"], pixel["fn"],
         curves["roc_auc"], curves["average_precision"],
         instances.get("dsb_map", nan), instances.get("paper_map", nan), instances.get("ap50", nan),
         instances.get("tp50", nan), instances.get("fp50", nan), instances.get("fn50", nan),
@@ -402,11 +403,55 @@ def _evaluation_columns(summary: Mapping[str, Any] | None, method: str, threshol
 
 def comparable_metrics(table: pd.DataFrame) -> list[str]:
     """The numeric metric columns of a :func:`runs_table` that have at least one value."""
+    from core.study import EXTRA_CONFIG_COLUMNS, RUN_TIME_COLUMN
+
     settings = {"Train fraction", "Seed", "Epochs", "Steps per epoch", "Model width", "Depth", "Threshold",
-                "Validation images", "Best epoch"}
+                "Validation images", "Best epoch", RUN_TIME_COLUMN, *EXTRA_CONFIG_COLUMNS.values()}
     return [column for column in table.columns
             if column not in settings and pd.api.types.is_numeric_dtype(table[column])
             and table[column].notna().any()]
+
+
+def evaluated_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a runs or study table whose run has a stored evaluation (a ROC-AUC)."""
+    return table.dropna(subset=[METRIC_NAMES["roc_auc"]]) if METRIC_NAMES["roc_auc"] in table else table
+
+
+#: Columns a saved study table needs before the Compare page can draw its grid.
+RESULTS_TABLE_COLUMNS: tuple[str, ...] = ("Run", "Dataset", "Train fraction", "Augmentation", "Seed")
+
+
+def saved_results_tables(root: Path | None = None) -> dict[str, Path]:
+    """Study tables committed with the project: label (``docs/...csv``) -> path, sorted."""
+    from core.paths import PROJECT_ROOT
+
+    root = Path(root or PROJECT_ROOT / "docs")
+    return {str(path.relative_to(root.parent)): path for path in sorted(root.glob("**/*.csv"))}
+
+
+def read_results_table(data: bytes, name: str) -> pd.DataFrame:
+    """A study table saved by ``python -m core study table NAME --csv`` (or the report's
+    ``results.csv``), checked so the Compare page can draw its grid from it.
+
+    Raises
+    ------
+    UNetLabError
+        The file is not a CSV, lacks one of :data:`RESULTS_TABLE_COLUMNS`, or has no
+        numeric metric column with a value.
+    """
+    try:
+        table = pd.read_csv(io.BytesIO(data))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UNetLabError(f"{name}: not a readable CSV table ({error})") from None
+    missing = [column for column in RESULTS_TABLE_COLUMNS if column not in table.columns]
+    if missing:
+        raise UNetLabError(f"{name}: not a study table; it lacks the column(s) {', '.join(missing)} "
+                           "(save one with `python -m core study table NAME --csv`)")
+    if not pd.api.types.is_numeric_dtype(table["Train fraction"]):
+        raise UNetLabError(f"{name}: the 'Train fraction' column holds non-numbers")
+    if not comparable_metrics(table):
+        raise UNetLabError(f"{name}: no metric column has a value (no run was evaluated)")
+    return table
 
 
 # --------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from core.errors import UNetLabError
+from core.study import RUN_TIME_COLUMN
 
 if TYPE_CHECKING:
     from core.runs import Registry
@@ -60,6 +61,7 @@ class ReportFiles:
 
     html: Path
     markdown: Path
+    table: Path
     images: list[Path] = field(default_factory=list)
 
 
@@ -416,10 +418,10 @@ def image_strip(cells: Mapping[tuple[str, float], str], registry: Registry, tile
 
 def study_times(table: Any) -> dict[str, Any]:
     """Sum of run times, and first start to last finish (times of each run's last (re)start)."""
-    seconds = table["Run time (s, training + evaluation)"].dropna()
+    seconds = table[RUN_TIME_COLUMN].dropna()
     starts = [time.mktime(time.strptime(s, "%Y-%m-%d %H:%M:%S")) for s in table["Started"] if s]
     ends = []
-    for finished, run_seconds, started in zip(table["Finished"], table["Run time (s, training + evaluation)"],
+    for finished, run_seconds, started in zip(table["Finished"], table[RUN_TIME_COLUMN],
                                               table["Started"]):
         if started and not math.isnan(run_seconds):
             ends.append(time.mktime(time.strptime(started, "%Y-%m-%d %H:%M:%S")) + run_seconds)
@@ -602,14 +604,17 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
     for _, row in table.iterrows():
         rows.append([row["Run"], row["Dataset"], f"{row['Train fraction']:.0%}", row["Augmentation"], row["Seed"],
                      row["Status"], row["Epochs"], *(number(row[columns[key]]) for key in keys),
-                     format_duration(row["Run time (s, training + evaluation)"])])
+                     format_duration(row[RUN_TIME_COLUMN])])
     both_tables(header, rows)
     paragraph("Scores on each run's fixed validation part (never trained on); pixel scores sum TP/FP/FN over "
-              "the validation images; mAPs are means over images. '-': not evaluated.")
+              "the validation images; mAPs are means over images. '-': not evaluated. Every setting and metric "
+              "of every run: results.csv (the Compare page can show its grid without the registry).")
 
+    table_path = out / "results.csv"
+    table.to_csv(table_path, index=False)
     markdown_path = out / "summary.md"
     markdown_path.write_text("\n".join(md).rstrip() + "\n")
     html_path = out / "report.html"
     html_path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                          f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
-    return ReportFiles(html=html_path, markdown=markdown_path, images=images)
+    return ReportFiles(html=html_path, markdown=markdown_path, table=table_path, images=images)

@@ -590,6 +590,7 @@ EXTRA_CONFIG_COLUMNS: dict[str, str] = {
     "tile_size": "Tile size",
     "notes": "Notes",
 }
+RUN_TIME_COLUMN = "Run time (s, training + evaluation)"
 
 
 def study_records(name: str, registry: Registry) -> list[Any]:
@@ -638,7 +639,6 @@ def study_table(name: str, registry: Registry, method: str = "components",
         restricted = (summary or {}).get("foreground_restricted", {}).get(method, {})
         nan = float("nan")
         row[metric_name("pixel_accuracy", threshold)] = pixel.get("accuracy", nan)
-        row[metric_name("pixel_f1_negative", threshold)] = pixel.get("f1_negative", nan)
         row[metric_name("pixel_tn", threshold)] = pixel.get("tn", nan)
         for key in ("precision50", "recall50", "f1_50", "mean_matched_iou"):
             row[instance_column(key, method)] = instances.get(key, nan)
@@ -647,7 +647,7 @@ def study_table(name: str, registry: Registry, method: str = "components",
         for key in ("v_rand", "v_info"):
             row[f"{METRIC_NAMES[key]} [{method}]"] = restricted.get(key, nan)
         seconds = run_seconds(record, summary)
-        row["Run time (s, training + evaluation)"] = nan if seconds is None else seconds
+        row[RUN_TIME_COLUMN] = nan if seconds is None else seconds
         row["Started"] = format_time(record.started)
         row["Finished"] = format_time(record.finished)
         extra_rows.append(row)

@@ -12,6 +12,7 @@ if ROOT not in sys.path:  # lets the page run on its own (streamlit run pages/..
 import streamlit as st  # noqa: E402
 
 from core import app_support as support  # noqa: E402
+from core.errors import UNetLabError  # noqa: E402
 from core.postprocess import METHODS  # noqa: E402
 from core.runs import STATUSES, Registry  # noqa: E402
 
@@ -22,10 +23,53 @@ def stored_summary(registry_path: str, run_id: str, finished: float | None) -> d
     return Registry(registry_path).get_evaluation(run_id, "val")
 
 
+def show_grid(evaluated, caption_source: str) -> None:
+    """The train-fraction x augmentation heatmap of one dataset and one metric."""
+    grid_columns = st.columns(2)
+    grid_dataset = grid_columns[0].selectbox("Dataset", sorted(set(evaluated["Dataset"])), key="grid_dataset")
+    metrics = support.comparable_metrics(evaluated)
+    default_metric = next((m for m in metrics if m.startswith("Pixel F1 (Dice)")), metrics[0])
+    metric = grid_columns[1].selectbox("Metric", metrics, index=metrics.index(default_metric), key="grid_metric")
+    subset = evaluated[evaluated["Dataset"] == grid_dataset]
+    summary = support.grid_summary(subset, metric)
+    st.plotly_chart(support.grid_heatmap(summary, title=f"{metric} on {grid_dataset}: mean ± sd over seeds"),
+                    key="grid_heatmap")
+    st.caption(f"Each cell: mean ± sample standard deviation over the seeds of that setting, and n, the number "
+               f"of evaluated runs ({len(subset)} in all, validation parts; {caption_source}).")
+
+
 st.title("Compare")
 registry = Registry()
 registry.reap_dead()
 runs = registry.list_runs()
+saved_tables = support.saved_results_tables()
+source = st.radio("Show", ["Runs in this registry", "A saved study table (CSV)"], horizontal=True, key="source",
+                  captions=[f"{len(runs)} runs in {registry.path}",
+                            f"{len(saved_tables)} committed under docs/, or upload one"])
+
+if source == "A saved study table (CSV)":
+    st.header("Saved study table")
+    picked = st.selectbox("Committed table", list(saved_tables), index=None, key="saved_table",
+                          placeholder="Choose a table committed with the project")
+    upload = st.file_uploader("... or upload a table saved with `python -m core study table NAME --csv`",
+                              type=["csv"], key="table_upload")
+    if upload is None and picked is None:
+        st.info("Choose a committed study table or upload one.")
+        st.stop()
+    label, data = (upload.name, upload.getvalue()) if upload is not None else (picked, saved_tables[picked].read_bytes())
+    try:
+        saved = support.read_results_table(data, label)
+    except UNetLabError as error:
+        st.error(str(error))
+        st.stop()
+    st.dataframe(saved, hide_index=True, width="stretch",
+                 column_config={"Train fraction": st.column_config.NumberColumn(format="percent")})
+    st.caption(f"{label}: {len(saved)} runs as saved when the table was written; training curves, masks and "
+               "ROC/PR curves need the run registry itself.")
+    st.header("Training fraction x augmentation")
+    show_grid(support.evaluated_rows(saved), f"from {label}")
+    st.stop()
+
 if not runs:
     st.info("No runs yet. Launch some on the **Train** page; finished runs are evaluated on their "
             "validation part automatically and appear here.")
@@ -58,21 +102,11 @@ st.download_button("Download this table as CSV", table.to_csv(index=False).encod
 # ---- the grid -------------------------------------------------------------------------------
 
 st.header("Training fraction x augmentation")
-evaluated = table.dropna(subset=[support.METRIC_NAMES["roc_auc"]])
+evaluated = support.evaluated_rows(table)
 if evaluated.empty:
     st.info("No evaluated runs among those shown yet.")
 else:
-    grid_columns = st.columns(2)
-    grid_dataset = grid_columns[0].selectbox("Dataset", sorted(set(evaluated["Dataset"])), key="grid_dataset")
-    metrics = support.comparable_metrics(evaluated)
-    default_metric = next((m for m in metrics if m.startswith("Pixel F1 (Dice)")), metrics[0])
-    metric = grid_columns[1].selectbox("Metric", metrics, index=metrics.index(default_metric), key="grid_metric")
-    subset = evaluated[evaluated["Dataset"] == grid_dataset]
-    summary = support.grid_summary(subset, metric)
-    st.plotly_chart(support.grid_heatmap(summary, title=f"{metric} on {grid_dataset}: mean ± sd over seeds"),
-                    key="grid_heatmap")
-    st.caption(f"Each cell: mean ± sample standard deviation over the seeds of that setting, and n, the number "
-               f"of evaluated runs ({len(subset)} in all, validation parts).")
+    show_grid(evaluated, f"post-processing {method} for instance scores")
 
 # ---- training curves ------------------------------------------------------------------------
 

@@ -280,3 +280,33 @@ def test_segment_reports_bad_uploads_clearly(with_run):
     at.file_uploader(key="upload").set_value(("cells.bmp", png_bytes(), "image/bmp")).run()
     assert_clean(at)
     assert any("not supported" in error.value for error in at.error)
+
+
+def test_compare_shows_a_saved_study_table_without_its_registry(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from core.metrics import METRIC_NAMES
+
+    f1, roc = METRIC_NAMES["pixel_f1"], METRIC_NAMES["roc_auc"]
+    rows = [{"Run": f"r{i}", "Dataset": "isbi2012", "Train fraction": fraction, "Augmentation": level, "Seed": seed,
+             f1: 0.90 + 0.01 * i, roc: 0.95}
+            for i, (fraction, level, seed) in enumerate((f, a, s) for f in (0.1, 0.8) for a in ("none", "heavy")
+                                                        for s in (0, 1))]
+    (tmp_path / "docs" / "study").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(tmp_path / "docs" / "study" / "results.csv", index=False)
+    (tmp_path / "docs" / "notes.csv").write_text("a,b\n1,2\n")
+    monkeypatch.setattr("core.paths.PROJECT_ROOT", tmp_path)
+
+    at = app("pages/2_Compare.py").run()
+    at.radio(key="source").set_value("A saved study table (CSV)").run()
+    assert_clean(at)
+    assert at.selectbox(key="saved_table").options == ["docs/notes.csv", "docs/study/results.csv"]
+    at.selectbox(key="saved_table").set_value("docs/study/results.csv").run()
+    assert_clean(at)
+    assert len(at.dataframe[0].value) == 8
+    heatmap = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    # none at 10%: runs 0 and 1 -> F1 0.900 and 0.910, mean 0.905 over n = 2 seeds
+    assert heatmap["text"][0][0].startswith("0.905") and heatmap["text"][0][0].endswith("n = 2")
+
+    at.selectbox(key="saved_table").set_value("docs/notes.csv").run()
+    assert "not a study table" in at.error[0].value and "Dataset" in at.error[0].value

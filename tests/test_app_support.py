@@ -416,3 +416,21 @@ def test_postprocess_parameters_list_the_tunable_ones():
     assert "min_distance" in names and "threshold" not in names
     with pytest.raises(UNetLabError, match="unknown post-processing method"):
         support.postprocess_parameters("magic")
+
+
+def test_read_results_table_accepts_a_study_table_and_names_what_is_wrong():
+    from core.app_support import read_results_table
+
+    good = b"Run,Dataset,Train fraction,Augmentation,Seed,Pixel F1 (Dice) at threshold 0.5,Batch size\n" \
+           b"r1,isbi2012,0.1,none,0,0.93,8\n"
+    table = read_results_table(good, "good.csv")
+    assert support.comparable_metrics(table) == ["Pixel F1 (Dice) at threshold 0.5"]  # a setting is not a metric
+    with pytest.raises(UNetLabError, match="bad.csv: not a study table.*Seed"):
+        read_results_table(b"Run,Dataset,Train fraction,Augmentation\nr1,x,0.1,none\n", "bad.csv")
+    with pytest.raises(UNetLabError, match="no metric column has a value"):
+        read_results_table(b"Run,Dataset,Train fraction,Augmentation,Seed,Pixel F1 (Dice) at threshold 0.5\n"
+                           b"r1,x,0.1,none,0,\n", "empty.csv")
+    with pytest.raises(UNetLabError, match="non-numbers"):
+        read_results_table(b"Run,Dataset,Train fraction,Augmentation,Seed,F\nr1,x,ten,none,0,1\n", "text.csv")
+    with pytest.raises(UNetLabError, match="not a readable CSV"):
+        read_results_table(b"", "blank.csv")

@@ -334,6 +334,12 @@ def test_study_runs_end_to_end_skips_finished_runs_and_reports(registry, tmp_pat
         assert f"| {stored['pixel']['f1']:.4f} |" in line
         assert f"| {stored['curves']['roc_auc']:.4f} |" in line
         assert f"| {stored['instances']['components']['ap50']:.4f} |" in line
+    # results.csv is the study table and opens on the Compare page without the registry.
+    from core.app_support import read_results_table
+
+    saved = read_results_table((out / "results.csv").read_bytes(), "results.csv")
+    assert sorted(saved["Run"]) == sorted(table["Run"])
+    assert saved.set_index("Run")[f1].to_dict() == pytest.approx(table.set_index("Run")[f1].to_dict())
 
     result = study_cli("report", "tiny", "--out", str(out), "--level", "light")
     assert result.returncode == 2 and "--level light" in result.stderr

@@ -239,7 +239,7 @@ def write_report(args: argparse.Namespace) -> int:
 
     files = build_report(args.name, args.out, Registry(), method=args.method, fraction=args.fraction,
                          level=args.level)
-    print(f"report: {files.html}\nsummary: {files.markdown}")
+    print(f"report: {files.html}\nsummary: {files.markdown}\ntable: {files.table}")
     for path in files.images:
         print(f"image strip: {path}")
     return 0
