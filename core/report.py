@@ -311,6 +311,23 @@ def is_membrane_dataset(name: str) -> bool:
         return False
 
 
+def methods_table(tables: Mapping[str, Any], datasets: Sequence[str], fraction: float, level: str
+                  ) -> tuple[list[str], list[list[str]]]:
+    """Instance scores of every post-processing method at one setting: rows method x metric,
+    datasets as columns (``tables``: method -> the study table built for that method)."""
+    header = ["post-processing", "metric", *datasets]
+    rows = []
+    for method, table in tables.items():
+        chosen = table[(np.isclose(table["Train fraction"], fraction)) & (table["Augmentation"] == level)]
+        columns = metric_columns(table, method)
+        for key in ("paper_map", "dsb_map", "ap50"):
+            cells = [format_cell(CellStats(tuple(float(v) for v in
+                                                 chosen[chosen["Dataset"] == d][columns[key]].dropna())))
+                     for d in datasets]
+            rows.append([method, columns[key].removesuffix(f" [{method}]"), *cells])
+    return header, rows
+
+
 def fraction_lines_figure(table: Any, dataset: str, metrics: Mapping[str, str]):
     """Metric versus train fraction, one line per augmentation level, error bars = sd over seeds."""
     import plotly.graph_objects as go
@@ -541,6 +558,19 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
     both_tables(header, rows)
     for note in notes:
         paragraph(note)
+
+    # ---- post-processing methods side by side
+    from core.postprocess import METHODS
+
+    section(f"Post-processing methods side by side: train fraction {fraction:.0%}, augmentation {level}")
+    tables = {other: table if other == method else study_table(name, registry, method=other, records=records)
+              for other in METHODS}
+    header, rows = methods_table(tables, datasets, fraction, level)
+    both_tables(header, rows)
+    paragraph("The same probability maps split into objects three ways: 'components' (connected components "
+              "after hole filling and small-object removal), 'watershed' (distance-transform peaks as markers) "
+              "and 'kmeans-watershed' (the paper's: K-means on each component's pixel coordinates, K by the "
+              "elbow of the SSE curve, centres as markers). Pixel scores do not depend on it.")
 
     # ---- per dataset
     images: list[Path] = []

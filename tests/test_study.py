@@ -328,6 +328,9 @@ def test_study_runs_end_to_end_skips_finished_runs_and_reports(registry, tmp_pat
     summary = (out / "summary.md").read_text()
     assert NOT_AVAILABLE in summary and "python -m core study run --name tiny" in summary
     assert METRIC_NAMES["pixel_f1"] in summary and "**" in summary  # best cell marked
+    methods = summary.split("## Post-processing methods side by side")[1].split("\n## ")[0]
+    assert all(f"| {method} | {METRIC_NAMES['dsb_map']} |" in methods for method in ("components", "watershed",
+                                                                                     "kmeans-watershed"))
     for run in runs:
         stored = registry.get_evaluation(run.id, "val")
         line = next(line for line in summary.splitlines() if line.startswith(f"| {run.id} |"))
