@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from core.config import AUGMENTATION_LEVELS
 from core.errors import UNetLabError
 from core.study import RUN_TIME_COLUMN
 
@@ -195,6 +196,33 @@ def grid_rows(grid: GridTable) -> tuple[list[str], list[list[str]], list[str]]:
             note += f" Same mean as the best: {', '.join(ties)}."
         notes.append(note)
     return header, rows, notes
+
+
+def augmentation_effects(table: Any, dataset: str, metrics: Sequence[str], reference: str = "none"
+                         ) -> tuple[list[str], list[list[str]]]:
+    """Each augmentation level against ``reference`` at the same train fraction: the change of
+    the mean, and Welch's t-test p over seeds, for every metric (columns) and cell (rows)."""
+    rows_of = table[table["Dataset"] == dataset]
+    header = ["level vs " + reference, "train fraction", *metrics]
+    rows = []
+    levels = [level for level in dict.fromkeys(rows_of["Augmentation"]) if level != reference]
+    order = {level: position for position, level in enumerate(AUGMENTATION_LEVELS)}
+    for level in sorted(levels, key=lambda lv: order.get(lv, len(order))):
+        for fraction in sorted(set(float(f) for f in rows_of["Train fraction"])):
+            at = rows_of[np.isclose(rows_of["Train fraction"], fraction)]
+            line = [f"{level} − {reference}", f"{fraction:.0%}"]
+            for metric in metrics:
+                base = at[at["Augmentation"] == reference][metric].dropna().to_numpy(float)
+                other = at[at["Augmentation"] == level][metric].dropna().to_numpy(float)
+                if not base.size or not other.size:
+                    line.append("no runs")
+                    continue
+                verdict = within_seed_noise(other, base)
+                text = f"{verdict.difference:+.4f}"
+                line.append(text + ("" if verdict.within is None else f" (p = {verdict.p_value:.2f})"))
+            if any(cell != "no runs" for cell in line[2:]):
+                rows.append(line)
+    return header, rows
 
 
 # --------------------------------------------------------------------------------------
@@ -413,7 +441,11 @@ def image_strip(cells: Mapping[tuple[str, float], str], registry: Registry, tile
     def labelled(rgb: np.ndarray, text: str) -> Image.Image:
         picture = Image.new("RGB", (tile, tile + band), "white")
         picture.paste(Image.fromarray(rgb).resize((tile, tile), Image.BILINEAR), (0, band))
-        ImageDraw.Draw(picture).text((3, 2), text, fill="black")
+        draw = ImageDraw.Draw(picture)
+        # Long names (DSB ids are 64 hex digits) keep their end, which holds the label's meaning.
+        while draw.textlength(text) > tile - 6 and len(text) > 4:
+            text = "…" + text[2:]
+        draw.text((3, 2), text, fill="black")
         return picture
 
     truth_tile = labelled(mask_overlay(sample.image, sample.mask, 0.35), f"{sample.name}: truth")
@@ -594,6 +626,13 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
                 paragraph(note)
             body.append(figure_html(grid_heatmap(grid_summary(rows_of, metric),
                                                  title=f"{dataset}: {metric}, mean ± sd over seeds")))
+        header, rows = augmentation_effects(table, dataset, list(metrics_here.values()))
+        if rows:
+            section("Does augmentation help? Each level against none at the same train fraction", 3)
+            both_tables(header, rows)
+            paragraph("Difference of the means over seeds (positive: the level scores higher than no "
+                      f"augmentation) and Welch's t-test p; p < {NOISE_ALPHA} is a difference beyond seed noise. "
+                      "With two seeds per cell only large, consistent differences reach it.")
         section("Metrics versus train fraction", 3)
         body.append(figure_html(fraction_lines_figure(table, dataset, metrics_here)))
         md.extend(["(figure in report.html: one line per augmentation level, error bars = sd over seeds)", ""])

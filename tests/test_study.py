@@ -21,7 +21,7 @@ from core.errors import UNetLabError
 from core.metrics import METRIC_NAMES
 from core.paths import PROJECT_ROOT
 from core.report import (
-    NOT_AVAILABLE, PAPER_TABLE1, CellStats, format_cell, grid_rows, grid_table, is_membrane_dataset, table1,
+    NOT_AVAILABLE, PAPER_TABLE1, CellStats, augmentation_effects, format_cell, grid_rows, grid_table, is_membrane_dataset, table1,
     within_seed_noise,
 )
 from core.runs import Registry, process_alive
@@ -166,6 +166,21 @@ def test_grid_table_marks_best_cell_and_noise():
     assert text_rows[1][1] == "0.2050 ± 0.0071 (n=2)"
     assert "Welch" in notes[0] and "heavy 10%" in notes[0]
     assert format_cell(CellStats((0.25,))) == "0.2500 (n=1)" and format_cell(None) == "no runs"
+
+
+def test_augmentation_effects_compare_each_level_with_none_at_the_same_fraction():
+    from scipy.stats import ttest_ind
+
+    metric = METRIC_NAMES["ap50"]
+    rows = [("none", 0.1, 0.50), ("none", 0.1, 0.54), ("heavy", 0.1, 0.40), ("heavy", 0.1, 0.41),
+            ("light", 0.1, 0.60), ("none", 0.8, 0.70), ("none", 0.8, 0.72)]
+    table = pd.DataFrame([{"Dataset": "d", "Augmentation": a, "Train fraction": f, "Seed": i, metric: v}
+                          for i, (a, f, v) in enumerate(rows)])
+    header, lines = augmentation_effects(table, "d", [metric])
+    assert header == ["level vs none", "train fraction", metric]
+    p_value = ttest_ind([0.40, 0.41], [0.50, 0.54], equal_var=False).pvalue
+    # light first (the levels' order), with a single seed: a difference but no p; 80% has no other level.
+    assert lines == [["light − none", "10%", "+0.0800"], ["heavy − none", "10%", f"-0.1150 (p = {p_value:.2f})"]]
 
 
 def test_noise_note_names_the_single_seed_best_cell_not_the_others():
