@@ -248,6 +248,34 @@ def grid_configs(grid: StudyGrid, study: str) -> list[RunConfig]:
     return sorted(ordered, key=lambda config: seed_rank[config.seed])  # stable: keeps the rest in order
 
 
+def grid_from_config(base: RunConfig, fractions: Sequence[float], levels: Sequence[str],
+                     seeds: Sequence[int]) -> StudyGrid:
+    """The study grid of a grid launched from the app's Train page.
+
+    Every shared setting of ``base`` goes into ``overrides``, so the preset adds nothing and
+    :func:`grid_configs` gives back exactly the page's runs: ``python -m core study run --name``
+    then resumes, reports and extends the study like one defined on the command line.
+    """
+    shared = {key: value for key, value in base.to_dict().items()
+              if key not in GRID_FIELDS and key not in NON_IDENTITY_FIELDS}
+    settings = ", ".join(f"{key}={value}" for key, value in sorted(shared.items()))
+    command = (f"# launched from the app's Train page: {base.dataset}"
+               + (f" ({base.root})" if base.root else "")
+               + f"; fractions {', '.join(f'{f:g}' for f in fractions)}; levels {', '.join(levels)}; "
+               f"seeds {', '.join(str(seed) for seed in seeds)}; {settings}")
+    return StudyGrid(datasets=[base.dataset], fractions=[float(f) for f in fractions], augmentations=list(levels),
+                     seeds=[int(seed) for seed in seeds], roots={base.dataset: base.root} if base.root else {},
+                     overrides=shared, command=command, machine=machine_info())
+
+
+def record_study(name: str, grid: StudyGrid, registry: Registry) -> bool:
+    """Add ``grid`` to study ``name`` (created if new) and store it; True if the grid is new."""
+    definition = load_study(check_study_name(name), registry) or StudyDefinition(name=name)
+    added = definition.add_grid(grid)
+    save_study(definition, registry)
+    return added
+
+
 def run_identity(config: RunConfig) -> str:
     """The key of a grid cell: the config as sorted JSON without study, notes and extra."""
     values = {key: value for key, value in config.to_dict().items() if key not in NON_IDENTITY_FIELDS}

@@ -18,6 +18,7 @@ from core.config import AUGMENTATION_LEVELS, LOSSES, RunConfig  # noqa: E402
 from core.datasets import describe_dataset, get_spec, list_datasets, load_dataset  # noqa: E402
 from core.errors import UNetLabError  # noqa: E402
 from core.runs import Registry  # noqa: E402
+from core.study import check_study_name, grid_from_config, record_study  # noqa: E402
 
 DEFAULTS = RunConfig()
 
@@ -186,6 +187,8 @@ try:
                      loss=loss, steps_per_epoch=int(steps), batch_size=int(batch), patch_size=int(patch),
                      depth=int(depth), learning_rate=float(learning_rate), device=device,
                      image_size=int(image_size) or None)
+    if grid:
+        study = check_study_name(study.strip())
     configs = support.grid_configs(base, fractions, levels, seeds, study=study or None)
 except UNetLabError as error:
     configs = []
@@ -195,6 +198,8 @@ if configs:
                + (" ..." if len(configs) > 6 else ""))
 if st.button(f"Launch {len(configs)} run(s)", type="primary", disabled=not configs, key="launch"):
     registry = Registry()
+    if grid:  # the same kind of study as `python -m core study run`: resumable and reportable there
+        record_study(study, grid_from_config(base, fractions, levels, seeds), registry)
     run_ids = queue.enqueue(configs, registry, start_worker=False)
     queue.ensure_worker(registry, max_parallel=int(parallel))
     st.success(f"Queued {len(run_ids)} run(s); they appear below and train one after another.")

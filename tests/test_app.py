@@ -141,6 +141,19 @@ def test_train_page_queues_a_grid(monkeypatch):
         (f, a, s) for f in (0.1, 0.5) for a in ("none", "heavy") for s in (0, 1, 2)}
     assert sum("queued: waits" in bar.proto.text for bar in at.get("progress")) == 12
 
+    # A study like one defined on the command line: its stored grid gives back exactly these runs,
+    # so `python -m core study run --name ablation` would queue nothing new.
+    from core.study import load_study, plan_study, run_identity
+
+    definition = load_study("ablation", Registry())
+    assert definition is not None and len(definition.grids) == 1
+    assert definition.grids[0].command.startswith("# launched from the app's Train page: synthetic-nuclei")
+    assert sorted(map(run_identity, definition.configs())) == sorted(run_identity(r.config) for r in runs)
+    assert {item.action for item in plan_study(definition, Registry())} == {"wait"}
+
+    at.text_input(key="study").set_value("bad name!").run()
+    assert "study name 'bad name!'" in at.error[0].value and at.button(key="launch").disabled
+
 
 # ---- a run launched from the Train page --------------------------------------------------------
 
