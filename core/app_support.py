@@ -417,6 +417,11 @@ def evaluated_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table.dropna(subset=[METRIC_NAMES["roc_auc"]]) if METRIC_NAMES["roc_auc"] in table else table
 
 
+#: What the negative-class F1 column means, shown as its help in tables.
+NEGATIVE_CLASS_F1_HELP = ("F1 of the pixels outside the positive class: the membrane F1 on ISBI 2012/2013 "
+                          "(positive = cell interior), the background F1 on nuclei and mitochondria sets")
+
+
 #: Columns a saved study table needs before the Compare page can draw its grid.
 RESULTS_TABLE_COLUMNS: tuple[str, ...] = ("Run", "Dataset", "Train fraction", "Augmentation", "Seed")
 
@@ -449,8 +454,9 @@ def read_results_table(data: bytes, name: str) -> pd.DataFrame:
                            "(save one with `python -m core study table NAME --csv`)")
     if not pd.api.types.is_numeric_dtype(table["Train fraction"]):
         raise UNetLabError(f"{name}: the 'Train fraction' column holds non-numbers")
-    if not comparable_metrics(table):
-        raise UNetLabError(f"{name}: no metric column has a value (no run was evaluated)")
+    table = table.dropna(subset=["Dataset", "Train fraction", "Augmentation"]).astype({"Dataset": str})
+    if not comparable_metrics(evaluated_rows(table)):
+        raise UNetLabError(f"{name}: no evaluated run with a metric value (every run lacks its scores)")
     return table
 
 

@@ -90,6 +90,15 @@ class CellStats:
         return float(np.std(self.values, ddof=1)) if self.n >= 2 else float("nan")
 
 
+def cell_text(rows: Any, column: str) -> str:
+    """``format_cell`` of ``column`` over ``rows``; "not evaluated" when there are runs but no value
+    (a run still training, or an evaluation stored before the metric existed)."""
+    if rows.empty:
+        return format_cell(None)
+    values = rows[column].dropna() if column in rows else []
+    return format_cell(CellStats(tuple(float(v) for v in values))) if len(values) else "not evaluated"
+
+
 def format_cell(stats: CellStats | None, digits: int = 4) -> str:
     """``0.8123 ± 0.0100 (n=2)``; ``0.8123 (n=1)``; ``no runs``."""
     if stats is None or stats.n == 0:
@@ -185,7 +194,8 @@ def grid_rows(grid: GridTable) -> tuple[list[str], list[list[str]], list[str]]:
         ties = [f"{lv} {fr:.0%}" for (lv, fr), v in grid.verdicts.items() if v.difference == 0]
         note = f"Best: {level} at {fraction:.0%} (highest mean)."
         if near:
-            note += f" Within seed noise of it (≈, Welch t-test p ≥ {NOISE_ALPHA}): {', '.join(near)}."
+            note += (f" Not distinguishable from it with these seeds (≈, Welch t-test p ≥ {NOISE_ALPHA}; "
+                     f"not the same as equal): {', '.join(near)}.")
         if apart:
             note += f" Worse beyond seed noise (Welch t-test p < {NOISE_ALPHA}): {', '.join(apart)}."
         if unknown and grid.cells[grid.best].n < 2:
@@ -270,7 +280,9 @@ def metric_columns(table: Any, method: str) -> dict[str, str]:
     from core.metrics import METRIC_NAMES
 
     pixel_f1 = next(column for column in table.columns if column.startswith("Pixel F1 (Dice) at threshold"))
-    return {"pixel_f1": pixel_f1, "membrane_f1": METRIC_NAMES["pixel_f1_negative"], "dsb_map": instance_column("dsb_map", method),
+    membrane_f1 = next((column for column in table.columns if column.startswith("Pixel F1 of the negative class")),
+                       METRIC_NAMES["pixel_f1_negative"])
+    return {"pixel_f1": pixel_f1, "membrane_f1": membrane_f1, "dsb_map": instance_column("dsb_map", method),
             "ap50": instance_column("ap50", method), "paper_map": instance_column("paper_map", method),
             "roc_auc": METRIC_NAMES["roc_auc"], "average_precision": METRIC_NAMES["average_precision"]}
 
@@ -282,10 +294,7 @@ def table1(table: Any, datasets: Sequence[str], fraction: float, level: str, met
     chosen = table[(np.isclose(table["Train fraction"], fraction)) & (table["Augmentation"] == level)]
 
     def ours(dataset: str, key: str) -> str:
-        if columns[key] not in chosen:
-            return format_cell(None)
-        values = chosen[chosen["Dataset"] == dataset][columns[key]].dropna()
-        return format_cell(CellStats(tuple(float(v) for v in values)))
+        return cell_text(chosen[chosen["Dataset"] == dataset], columns[key])
 
     def paper(dataset: str, key: str) -> str:
         value = PAPER_TABLE1.get(dataset, {}).get(key)
@@ -349,9 +358,7 @@ def methods_table(tables: Mapping[str, Any], datasets: Sequence[str], fraction: 
         chosen = table[(np.isclose(table["Train fraction"], fraction)) & (table["Augmentation"] == level)]
         columns = metric_columns(table, method)
         for key in ("paper_map", "dsb_map", "ap50"):
-            cells = [format_cell(CellStats(tuple(float(v) for v in
-                                                 chosen[chosen["Dataset"] == d][columns[key]].dropna())))
-                     for d in datasets]
+            cells = [cell_text(chosen[chosen["Dataset"] == d], columns[key]) for d in datasets]
             rows.append([method, columns[key].removesuffix(f" [{method}]"), *cells])
     return header, rows
 
@@ -444,7 +451,7 @@ def image_strip(cells: Mapping[tuple[str, float], str], registry: Registry, tile
         draw = ImageDraw.Draw(picture)
         # Long names (DSB ids are 64 hex digits) keep their end, which holds the label's meaning.
         while draw.textlength(text) > tile - 6 and len(text) > 4:
-            text = "…" + text[2:]
+            text = "..." + text[4:]
         draw.text((3, 2), text, fill="black")
         return picture
 
@@ -470,7 +477,7 @@ def study_times(table: Any) -> dict[str, Any]:
     seconds = table[RUN_TIME_COLUMN].dropna()
     starts = [time.mktime(time.strptime(s, "%Y-%m-%d %H:%M:%S")) for s in table["Started"] if s]
     ends = []
-    for finished, run_seconds, started in zip(table["Finished"], table[RUN_TIME_COLUMN],
+    for finished, run_seconds, started in zip(table["Training finished"], table[RUN_TIME_COLUMN],
                                               table["Started"]):
         if started and not math.isnan(run_seconds):
             ends.append(time.mktime(time.strptime(started, "%Y-%m-%d %H:%M:%S")) + run_seconds)
@@ -614,7 +621,8 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
             paragraph("No evaluated runs yet.")
             continue
         metrics_here = dict(grid_metrics)
-        if is_membrane_dataset(dataset) and columns["membrane_f1"] in table:
+        if is_membrane_dataset(dataset) and columns["membrane_f1"] in table \
+                and rows_of[columns["membrane_f1"]].notna().any():
             metrics_here = {"pixel_f1": columns["pixel_f1"], "membrane_f1": columns["membrane_f1"],
                             "dsb_map": columns["dsb_map"], "ap50": columns["ap50"]}
         for metric in metrics_here.values():
@@ -631,8 +639,9 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
             section("Does augmentation help? Each level against none at the same train fraction", 3)
             both_tables(header, rows)
             paragraph("Difference of the means over seeds (positive: the level scores higher than no "
-                      f"augmentation) and Welch's t-test p; p < {NOISE_ALPHA} is a difference beyond seed noise. "
-                      "With two seeds per cell only large, consistent differences reach it.")
+                      f"augmentation) and, where both cells have two or more seeds, Welch's t-test p; p < "
+                      f"{NOISE_ALPHA} is a difference beyond seed noise. With two seeds per cell only large, "
+                      "consistent differences reach it, and p ≥ 0.05 does not mean the levels are equal.")
         section("Metrics versus train fraction", 3)
         body.append(figure_html(fraction_lines_figure(table, dataset, metrics_here)))
         md.extend(["(figure in report.html: one line per augmentation level, error bars = sd over seeds)", ""])

@@ -677,7 +677,7 @@ def study_table(name: str, registry: Registry, method: str = "components",
         seconds = run_seconds(record, summary)
         row[RUN_TIME_COLUMN] = nan if seconds is None else seconds
         row["Started"] = format_time(record.started)
-        row["Finished"] = format_time(record.finished)
+        row["Training finished"] = format_time(record.finished)
         extra_rows.append(row)
     return pd.concat([table, pd.DataFrame(extra_rows, index=table.index)], axis=1)
 

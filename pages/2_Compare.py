@@ -38,6 +38,15 @@ def show_grid(evaluated, caption_source: str) -> None:
                f"of evaluated runs ({len(subset)} in all, validation parts; {caption_source}).")
 
 
+def column_config(table) -> dict:
+    """Percent train fractions; help on the column that is the membrane F1 on EM sets only."""
+    config = {"Train fraction": st.column_config.NumberColumn(format="percent")}
+    for column in table.columns:
+        if column.startswith("Pixel F1 of the negative class"):
+            config[column] = st.column_config.NumberColumn(help=support.NEGATIVE_CLASS_F1_HELP)
+    return config
+
+
 st.title("Compare")
 registry = Registry()
 registry.reap_dead()
@@ -62,12 +71,11 @@ if source == "A saved study table (CSV)":
     except UNetLabError as error:
         st.error(str(error))
         st.stop()
-    st.dataframe(saved, hide_index=True, width="stretch",
-                 column_config={"Train fraction": st.column_config.NumberColumn(format="percent")})
+    st.dataframe(saved, hide_index=True, width="stretch", column_config=column_config(saved))
     st.caption(f"{label}: {len(saved)} runs as saved when the table was written; training curves, masks and "
                "ROC/PR curves need the run registry itself.")
     st.header("Training fraction x augmentation")
-    show_grid(support.evaluated_rows(saved), f"from {label}")
+    show_grid(support.evaluated_rows(saved), f"from {label}")  # read_results_table checked it is not empty
     st.stop()
 
 if not runs:
@@ -94,8 +102,7 @@ table = support.runs_table(shown, summaries, method=method)
 st.caption("Scores are computed on each run's fixed validation part (never trained on) with its best "
            "checkpoint; pixel scores sum TP/FP/FN over the validation images; mAPs are means over images. "
            "Empty cells: the run is not evaluated yet.")
-st.dataframe(table, hide_index=True, width="stretch",
-             column_config={"Train fraction": st.column_config.NumberColumn(format="percent")})
+st.dataframe(table, hide_index=True, width="stretch", column_config=column_config(table))
 st.download_button("Download this table as CSV", table.to_csv(index=False).encode(),
                    file_name="unetlab-runs.csv", mime="text/csv", key="download_csv")
 

@@ -427,7 +427,12 @@ def test_read_results_table_accepts_a_study_table_and_names_what_is_wrong():
     assert support.comparable_metrics(table) == ["Pixel F1 (Dice) at threshold 0.5"]  # a setting is not a metric
     with pytest.raises(UNetLabError, match="bad.csv: not a study table.*Seed"):
         read_results_table(b"Run,Dataset,Train fraction,Augmentation\nr1,x,0.1,none\n", "bad.csv")
-    with pytest.raises(UNetLabError, match="no metric column has a value"):
+    with pytest.raises(UNetLabError, match="no evaluated run"):
+        read_results_table(b"Run,Dataset,Train fraction,Augmentation,Seed,ROC-AUC (pixels),Pixel F1 (Dice) at threshold 0.5\n"
+                           b"r1,x,0.1,none,0,,0.9\n", "no-roc.csv")
+    blank = read_results_table(good + b"r2,,0.1,none,1,0.5,8\n", "blank-dataset.csv")
+    assert list(blank["Run"]) == ["r1"]
+    with pytest.raises(UNetLabError, match="no evaluated run"):
         read_results_table(b"Run,Dataset,Train fraction,Augmentation,Seed,Pixel F1 (Dice) at threshold 0.5\n"
                            b"r1,x,0.1,none,0,\n", "empty.csv")
     with pytest.raises(UNetLabError, match="non-numbers"):

@@ -219,6 +219,10 @@ def test_table1_adds_membrane_f1_for_em_sets_only():
     assert not is_membrane_dataset("no-such-set")
     header, rows, notes = table1(table, ["dsb2018"], 0.1, "none", "components")
     assert not any("membrane" in row[0] for row in rows)
+    # A run without the metric (still training, or evaluated before it existed) is not "no runs".
+    unscored = pd.concat([table, pd.DataFrame([{"Dataset": "epfl", "Train fraction": 0.1, "Augmentation": "none"}])])
+    header, rows, notes = table1(unscored, ["epfl", "isbi2013"], 0.1, "none", "components")
+    assert rows[2][1:] == ["not evaluated", "no runs"]
 
 
 def test_definitions_are_stored_and_grids_deduplicated(tmp_path):
