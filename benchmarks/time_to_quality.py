@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--batch", type=int, default=8, help="patches per step (default 8)")
     parser.add_argument("--patch", type=int, default=256, help="patch side in pixels (default 256)")
+    parser.add_argument("--lr-schedule", default="constant", help="constant or cosine (cosine needs --epochs)")
+    parser.add_argument("--epochs", type=int, default=10_000,
+                        help="epochs (default: as many as fit in --minutes); a cosine schedule decays over these")
     args = parser.parse_args()
     if args.root is None:
         raise SystemExit("ISBI 2012 data not found: pass --root")
@@ -57,14 +60,14 @@ def main() -> None:
     from core.train import train_run
 
     config = RunConfig(dataset="isbi2012", root=str(args.root), train_fraction=0.1, augmentation=args.augmentation,
-                       epochs=10_000, steps_per_epoch=args.steps, base_width=args.width, precision=args.precision,
+                       epochs=args.epochs, lr_schedule=args.lr_schedule, steps_per_epoch=args.steps, base_width=args.width, precision=args.precision,
                        loss=args.loss, learning_rate=args.lr, batch_size=args.batch, patch_size=args.patch)
     start = time.time()
     result = train_run(config, show_progress=False, stop=Deadline(args.minutes * 60))
     epochs = [row for row in Registry().epochs(result.run_id) if row["epoch"] > 0]
 
     print(f"# time_to_quality: ISBI 2012, 3 training images, {args.augmentation} augmentation, loss {args.loss}, "
-          f"lr {args.lr:g}, width {args.width}, precision {args.precision}, {args.steps} steps x batch "
+          f"lr {args.lr:g} {args.lr_schedule}, width {args.width}, precision {args.precision}, {args.steps} steps x batch "
           f"{config.batch_size} of {config.patch_size}x{config.patch_size} per epoch, "
           f"{time.strftime('%Y-%m-%d')}")
     print(f"{'epoch':>5} {'minutes':>8} {'patches':>8} {'membrane F1':>12} {'interior F1':>12}")
