@@ -290,6 +290,11 @@ def _fraction(progress: Mapping[str, Any]) -> float:
     return float(min(1.0, max(0.0, done / (epochs * steps))))
 
 
+def run_labels(records: Sequence[Any]) -> dict[str, str]:
+    """Run id -> a short label: its settings and the last 6 characters of its id."""
+    return {record.id: f"{record.config.label()} ({record.id[-6:]})" for record in records}
+
+
 def status_table(records: Sequence[Any]) -> pd.DataFrame:
     """Runs with their status and a one-line progress, for the home page and the queue."""
     rows = [{"Run": record.id, "Dataset": record.config.dataset, "Settings": record.config.label(),

@@ -118,7 +118,7 @@ else:
 # ---- training curves ------------------------------------------------------------------------
 
 st.header("Training curves")
-labels = {run.id: f"{run.config.label()} ({run.id[-6:]})" for run in shown}
+labels = support.run_labels(shown)
 with_epochs = [run.id for run in shown if run.status in ("finished", "running", "failed", "cancelled")]
 chosen = st.multiselect("Runs", with_epochs, default=with_epochs[:5], format_func=labels.get, key="curve_runs")
 if chosen:

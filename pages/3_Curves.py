@@ -37,7 +37,7 @@ if not runs:
             "(see the **Train** page).")
     st.stop()
 
-labels = {run.id: f"{run.config.label()} ({run.id[-6:]})" for run in runs}
+labels = support.run_labels(runs)
 controls = st.columns([3, 1])
 chosen = controls[0].multiselect("Runs", list(labels), default=list(labels)[:4], format_func=labels.get,
                                  key="curve_runs")

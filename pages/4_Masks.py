@@ -75,7 +75,7 @@ if not runs:
             "(see the **Train** page).")
     st.stop()
 
-labels = {run.id: f"{run.config.label()} ({run.id[-6:]})" for run in runs}
+labels = support.run_labels(runs)
 by_id = {run.id: run for run in runs}
 top = st.columns([3, 3, 1, 1])
 run_id = top[0].selectbox("Run", list(labels), format_func=labels.get, key="mask_run")
