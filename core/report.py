@@ -518,6 +518,7 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
     """
     from core.app_support import format_duration, format_time, grid_heatmap, grid_summary, roc_pr_figures
     from core.app_support import curves_from_arrays, png_bytes
+    from core.postprocess import METHODS
     from core.runs import Registry
     from core.study import describe_machine, load_study, machine_info, study_records, study_table
 
@@ -599,8 +600,6 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
         paragraph(note)
 
     # ---- post-processing methods side by side
-    from core.postprocess import METHODS
-
     section(f"Post-processing methods side by side: train fraction {fraction:.0%}, augmentation {level}")
     tables = {other: table if other == method else study_table(name, registry, method=other, records=records)
               for other in METHODS}
@@ -613,18 +612,16 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
 
     # ---- per dataset
     images: list[Path] = []
-    grid_metrics = {"pixel_f1": columns["pixel_f1"], "dsb_map": columns["dsb_map"], "ap50": columns["ap50"]}
     for dataset in datasets:
         section(f"{dataset}", 2)
         rows_of = table[table["Dataset"] == dataset]
         if rows_of[columns["roc_auc"]].notna().sum() == 0:
             paragraph("No evaluated runs yet.")
             continue
-        metrics_here = dict(grid_metrics)
-        if is_membrane_dataset(dataset) and columns["membrane_f1"] in table \
-                and rows_of[columns["membrane_f1"]].notna().any():
-            metrics_here = {"pixel_f1": columns["pixel_f1"], "membrane_f1": columns["membrane_f1"],
-                            "dsb_map": columns["dsb_map"], "ap50": columns["ap50"]}
+        membrane = (is_membrane_dataset(dataset) and columns["membrane_f1"] in table
+                    and rows_of[columns["membrane_f1"]].notna().any())
+        grid_keys = ["pixel_f1", *(["membrane_f1"] if membrane else []), "dsb_map", "ap50"]
+        metrics_here = {key: columns[key] for key in grid_keys}
         for metric in metrics_here.values():
             section(metric, 3)
             grid = grid_table(table, dataset, metric)
