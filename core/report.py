@@ -520,11 +520,13 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
     from core.app_support import curves_from_arrays, png_bytes
     from core.postprocess import METHODS
     from core.runs import Registry
-    from core.study import describe_machine, load_study, machine_info, study_records, study_table
+    from core.study import (describe_machine, load_study, machine_info, stored_evaluations, study_records,
+                            study_table)
 
     registry = registry or Registry()
     records = study_records(name, registry)
-    table = study_table(name, registry, method=method, records=records)
+    evaluations = stored_evaluations(records, registry)
+    table = study_table(name, registry, method=method, records=records, evaluations=evaluations)
     definition = load_study(name, registry)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -601,7 +603,8 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
 
     # ---- post-processing methods side by side
     section(f"Post-processing methods side by side: train fraction {fraction:.0%}, augmentation {level}")
-    tables = {other: table if other == method else study_table(name, registry, method=other, records=records)
+    tables = {other: table if other == method
+              else study_table(name, registry, method=other, records=records, evaluations=evaluations)
               for other in METHODS}
     header, rows = methods_table(tables, datasets, fraction, level)
     both_tables(header, rows)

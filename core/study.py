@@ -627,8 +627,14 @@ def study_records(name: str, registry: Registry) -> list[Any]:
     return sorted(registry.list_runs(study=name), key=lambda run: (run.created, run.id))
 
 
+def stored_evaluations(records: Sequence[Any], registry: Registry) -> dict[str, Any]:
+    """Run id -> its stored validation evaluation (None if not evaluated), read once for reuse."""
+    return {record.id: registry.get_evaluation(record.id, "val") for record in records}
+
+
 def study_table(name: str, registry: Registry, method: str = "components",
-                records: Sequence[Any] | None = None) -> pd.DataFrame:
+                records: Sequence[Any] | None = None,
+                evaluations: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """The tidy results table: one row per run, every config field and every metric.
 
     Built on :func:`core.app_support.runs_table` (the Compare page's table, same column
@@ -652,7 +658,8 @@ def study_table(name: str, registry: Registry, method: str = "components",
     records = list(records) if records is not None else study_records(name, registry)
     if not records:
         raise UNetLabError(f"study {name!r} has no runs in the registry {registry.path}")
-    evaluations = {record.id: registry.get_evaluation(record.id, "val") for record in records}
+    if evaluations is None:
+        evaluations = stored_evaluations(records, registry)
     table = runs_table(records, evaluations, method=method)
     thresholds = [record.config.threshold for record in records]
     threshold = max(set(thresholds), key=thresholds.count)
