@@ -45,16 +45,13 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from albumentations.augmentations.geometric import functional as fgeometric  # noqa: E402
 
-from core.errors import UNetLabError  # noqa: E402
+from core.errors import AugmentationError  # noqa: E402
 
 LEVELS: tuple[str, ...] = AUGMENTATION_LEVELS  # defined beside RunConfig, which must not import albumentations
 
 # Largest instance id a float32 mask channel holds exactly (2**24).
 _MAX_EXACT_INSTANCE_ID = 1 << 24
 
-
-class AugmentationError(UNetLabError, ValueError):
-    """An unknown level, or arrays that do not fit the augmentation contract."""
 
 
 class ShapeKeepingRotate90(A.RandomRotate90):

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import UNetLabError
+from core.errors import ConfigError, UNetLabError
 
 AUGMENTATION_LEVELS = ("none", "light", "medium", "heavy")
 LOSSES = ("bce", "bce+dice")
@@ -19,9 +19,6 @@ LR_SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-
-class ConfigError(UNetLabError, ValueError):
-    """A run setting is out of range; the message names the setting and the allowed values."""
 
 
 @dataclass

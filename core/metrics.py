@@ -29,11 +29,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from core.errors import UNetLabError
+from core.errors import MetricInputError, UNetLabError
 
-
-class MetricInputError(UNetLabError, ValueError):
-    """An array given to a metric or a post-processing method has the wrong shape, dtype or values."""
 
 
 #: Short key -> the exact display name used wherever the metric is shown.

@@ -23,11 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.errors import UNetLabError
+from core.errors import ModelConfigError, UNetLabError
 
-
-class ModelConfigError(UNetLabError, ValueError):
-    """A U-Net hyper-parameter or an input tensor does not fit the network."""
 
 
 def _require_positive_int(name: str, value: object) -> int:
