@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import ConfigError, UNetLabError
+from core.errors import ConfigError
 
 AUGMENTATION_LEVELS = ("none", "light", "medium", "heavy")
 LOSSES = ("bce", "bce+dice")
