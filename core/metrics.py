@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from core.errors import MetricInputError, UNetLabError
+from core.errors import MetricInputError
 
 
 
