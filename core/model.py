@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.errors import ModelConfigError, UNetLabError
+from core.errors import ModelConfigError
 
 
 
