@@ -22,9 +22,9 @@ def command_modules() -> list[str]:
     return sorted(info.name for info in pkgutil.iter_modules(core.commands.__path__))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "unetlab") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m core",
+        prog=prog,
         description="U-Net Lab: small-data biomedical segmentation studies.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "unetlab") -> int:
+    """Run one command; ``unetlab`` and ``python -m core`` both end here."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)

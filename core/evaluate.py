@@ -117,9 +117,7 @@ def evaluate_run(
     """
     from tqdm import tqdm
 
-    from core.checkpoints import build_model_from_checkpoint
-    from core.predict import TileSettings, predict_probabilities
-    from core.train import resolve_device, resolve_precision
+    from core.inference import load_model, predict_image
 
     registry = registry or Registry()
     record = registry.get_run(run_id)
@@ -128,13 +126,10 @@ def evaluate_run(
         raise RunError(f"run {run_id} has no {checkpoint}.pt yet (status {record.status})")
     started = time.time()
     config = record.config
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    model, _, payload = build_model_from_checkpoint(path, device)
+    loaded = load_model(path, device=config.device)
     dataset, indices = evaluation_images(run_id, split, registry)
     methods = tuple(methods or METHODS)
     membrane = dataset.spec.kind == "membrane"
-    settings = TileSettings(tile_size=config.tile_size, overlap=min(64, config.tile_size // 4))
 
     counts = PixelCounts()
     curves = PixelCurveAccumulator()
@@ -143,8 +138,7 @@ def evaluate_run(
     per_image, arrays = [], {}
     for position, index in enumerate(tqdm(indices, desc=f"evaluating {run_id} ({split})", disable=not show_progress)):
         sample = dataset[index]
-        probability = predict_probabilities(model, sample.image, settings, device, precision,
-                                            channels_last=config.channels_last and device.type == "cpu")
+        probability = predict_image(loaded, sample.image, source=sample.name).probability
         image_counts = pixel_counts(probability, sample.mask, config.threshold)
         counts = counts + image_counts
         curves.update(probability, sample.mask)
@@ -179,7 +173,7 @@ def evaluate_run(
         "positive_class": dataset.spec.positive_class,
         "kind": dataset.spec.kind,
         "checkpoint": f"{checkpoint}.pt",
-        "epoch": int(payload["epoch"]),
+        "epoch": loaded.epoch,
         "threshold": config.threshold,
         "n_images": len(indices),
         "image_names": [dataset[i].name for i in indices],

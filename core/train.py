@@ -32,7 +32,8 @@ from core.config import RunConfig
 from core.datasets import Dataset, load_dataset, split
 from core.errors import RunError
 from core.model import UNet
-from core.predict import TileSettings, autocast_context, predict_probabilities
+from core.inference import LoadedModel, memory_format as model_memory_format, predict_image, resolve_device, resolve_precision
+from core.predict import autocast_context
 from core.runs import Registry
 
 
@@ -63,45 +64,6 @@ class TrainResult:
             "seconds": round(self.seconds, 2),
             "checkpoint_dir": self.checkpoint_dir,
         }
-
-
-# ---- devices and precision ------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RunError("device 'cuda' was asked for but no CUDA GPU is available")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AVX-512 BF16 or AMX, where bf16 convolutions are fast."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """Turn ``auto`` into fp32, bf16 or fp16 for this device.
-
-    On CPUs with native bf16, bf16 autocast trains about twice as fast as fp32
-    (benchmarks/train_speed.py); elsewhere on the CPU it is slower, so fp32 is kept.
-    """
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return "bf16"
-    return "fp32"
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -216,13 +178,13 @@ def validate(
     """
     from core.metrics import PixelCounts, pixel_counts
 
-    settings = TileSettings(tile_size=config.tile_size, overlap=min(64, config.tile_size // 4))
+    loaded = LoadedModel(model=model, config=config, channels=dataset.channels, epoch=0, device=device,
+                         precision=precision)
     counts = PixelCounts()
     loss_sum, pixel_count = 0.0, 0
     for index in indices:
         sample = dataset[index]
-        probability = predict_probabilities(model, sample.image, settings, device, precision,
-                                            channels_last=config.channels_last and device.type != "mps")
+        probability = predict_image(loaded, sample.image).probability
         clipped = np.clip(probability, 1e-6, 1 - 1e-6)
         truth = sample.mask
         loss_sum += float(-(np.log(clipped[truth]).sum() + np.log(1 - clipped[~truth]).sum()))
@@ -304,25 +266,52 @@ def train_run(
     return result
 
 
-def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bool,
-           stop: StopRequest, started: float) -> TrainResult:
-    from tqdm import tqdm
+@dataclass
+class TrainingData:
+    """The images a run trains on, and the validation part it is scored on after every epoch."""
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    checkpoint_dir = registry.get_run(run_id).checkpoint_dir
+    dataset: Dataset
+    train_indices: list[int]
+    validation_indices: list[int]
+    patch_shape: tuple[int, int]
+    train_images: list[np.ndarray]
+    train_masks: list[np.ndarray]
 
+
+def prepare_data(config: RunConfig) -> TrainingData:
+    """Load the dataset at the run's image size and cut its fixed split."""
     dataset = load_dataset(config.dataset, config.root, split="train", size=config.image_size)
     parts = split(dataset, config.train_fraction, config.seed, config.validation_fraction)
-    shape = patch_shape(dataset, parts.train, config.patch_size)
-    train_images = [dataset[i].image for i in parts.train]
-    train_masks = [dataset[i].mask for i in parts.train]
+    return TrainingData(
+        dataset=dataset,
+        train_indices=list(parts.train),
+        validation_indices=list(parts.validation),
+        patch_shape=patch_shape(dataset, parts.train, config.patch_size),
+        train_images=[dataset[i].image for i in parts.train],
+        train_masks=[dataset[i].mask for i in parts.train],
+    )
 
+
+@dataclass
+class Trainer:
+    """The model and everything that updates it; ``last.pt`` holds its state after each epoch."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    precision: str
+    memory_format: torch.memory_format
+
+
+def build_trainer(config: RunConfig, in_channels: int) -> Trainer:
+    """A freshly initialised U-Net (seeded by the run's seed) with Adam and the LR schedule."""
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
-    model = UNet(in_channels=dataset.channels, base_width=config.base_width, depth=config.depth).to(device)
-    memory_format = torch.channels_last if config.channels_last and device.type != "mps" else torch.contiguous_format
+    memory_format = model_memory_format(config, device)
+    model = UNet(in_channels=in_channels, base_width=config.base_width, depth=config.depth).to(device)
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
@@ -331,26 +320,106 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return Trainer(model, optimizer, scheduler, scaler, device, precision, memory_format)
 
-    start_epoch, best_f1, best_epoch = 1, -1.0, None
-    untrained: dict[str, float] = {}
-    last_path = checkpoint_dir / "last.pt"
-    if last_path.exists():  # resume
-        state = load_checkpoint(last_path, map_location=device)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        best_f1, best_epoch = float(state["best_validation_f1"]), state["best_epoch"]
-        untrained = dict(state.get("untrained_metrics", {}))
-        registry.truncate_epochs(run_id, state["epoch"])
-    else:
-        registry.truncate_epochs(run_id, -1)
-        untrained = validate(model, dataset, parts.validation, config, device, precision)
-        registry.add_epoch(run_id, 0, {**untrained, "note": "untrained model"})
 
-    def progress(epoch: int, step: int, epoch_started: float, **extra: Any) -> None:
-        steps_done = (epoch - start_epoch) * config.steps_per_epoch + step
+@dataclass
+class Progress:
+    """Where a run stands between epochs: what a resumed run continues from."""
+
+    start_epoch: int = 1
+    best_f1: float = -1.0
+    best_epoch: int | None = None
+    untrained: dict[str, float] = field(default_factory=dict)
+
+
+def resume_or_start(trainer: Trainer, data: TrainingData, config: RunConfig, run_id: str,
+                    registry: Registry, last_path) -> Progress:
+    """Continue from ``last.pt`` when it exists; else score the untrained model as epoch 0."""
+    if last_path.exists():
+        state = load_checkpoint(last_path, map_location=trainer.device)
+        trainer.model.load_state_dict(state["state_dict"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        registry.truncate_epochs(run_id, state["epoch"])  # later epochs are replayed
+        return Progress(start_epoch=int(state["epoch"]) + 1, best_f1=float(state["best_validation_f1"]),
+                        best_epoch=state["best_epoch"], untrained=dict(state.get("untrained_metrics", {})))
+    registry.truncate_epochs(run_id, -1)
+    untrained = validate(trainer.model, data.dataset, data.validation_indices, config, trainer.device,
+                         trainer.precision)
+    registry.add_epoch(run_id, 0, {**untrained, "note": "untrained model"})
+    return Progress(untrained=untrained)
+
+
+def train_one_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epoch: int, stop: StopRequest,
+                    report: Callable[..., None], show_progress: bool) -> float | None:
+    """``steps_per_epoch`` optimiser steps; the mean training loss, or None if stopped mid-epoch."""
+    from tqdm import tqdm
+
+    torch.manual_seed(epoch_seed(config.seed + 2, epoch))
+    trainer.model.train()
+    last_report, loss_sum = 0.0, 0.0
+    batches = prefetch(patch_batches(data.train_images, data.train_masks, config, data.patch_shape, epoch))
+    bar = tqdm(batches, total=config.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
+               disable=not show_progress, leave=True, dynamic_ncols=True)
+    for step, (images, masks) in enumerate(bar, start=1):
+        inputs = torch.from_numpy(images).to(trainer.device).contiguous(memory_format=trainer.memory_format)
+        target = torch.from_numpy(masks).to(trainer.device)
+        with autocast_context(trainer.device, trainer.precision):
+            logits = trainer.model(inputs)
+        loss = segmentation_loss(logits.float(), target, config.loss)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.scaler.scale(loss).backward()
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        loss_sum += loss.item()
+        bar.set_postfix(loss=f"{loss_sum / step:.4f}")
+        if time.time() - last_report > 1.0 or step == config.steps_per_epoch:
+            last_report = time.time()
+            report(epoch, step, train_loss=loss_sum / step, phase="training")
+        if stop.requested:
+            bar.close()
+            return None
+    bar.close()
+    trainer.scheduler.step()
+    return loss_sum / config.steps_per_epoch
+
+
+def save_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epoch: int, metrics: dict[str, Any],
+               progress: Progress, checkpoint_dir, improved: bool) -> None:
+    """Write ``last.pt`` (and ``best.pt`` when the validation F1 improved), atomically."""
+    payload = {
+        "state_dict": trainer.model.state_dict(),
+        "config": config.to_dict(),
+        "epoch": epoch,
+        "in_channels": data.dataset.channels,
+        "metrics": metrics,
+        "untrained_metrics": progress.untrained,
+        "best_validation_f1": progress.best_f1,
+        "best_epoch": progress.best_epoch,
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "split": {"train": data.train_indices, "validation": data.validation_indices},
+    }
+    save_checkpoint(checkpoint_dir / "last.pt", payload)
+    if improved:
+        save_checkpoint(checkpoint_dir / "best.pt", payload)
+
+
+def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bool,
+           stop: StopRequest, started: float) -> TrainResult:
+    """The run's steps: data, model, resume or epoch 0, then train / validate / save per epoch."""
+    from tqdm import tqdm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    checkpoint_dir = registry.get_run(run_id).checkpoint_dir
+    data = prepare_data(config)
+    trainer = build_trainer(config, data.dataset.channels)
+    progress = resume_or_start(trainer, data, config, run_id, registry, checkpoint_dir / "last.pt")
+
+    def report(epoch: int, step: int, **extra: Any) -> None:
+        steps_done = (epoch - progress.start_epoch) * config.steps_per_epoch + step
         steps_left = (config.epochs - epoch + 1) * config.steps_per_epoch - step
         elapsed = time.time() - started
         eta = elapsed / steps_done * steps_left if steps_done else None
@@ -359,66 +428,29 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
                                  elapsed_seconds=elapsed, **extra)
 
     history: list[dict[str, Any]] = []
-    status, metrics = "finished", {}
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, config.epochs + 1):
-        torch.manual_seed(epoch_seed(config.seed + 2, epoch))
-        model.train()
-        epoch_started, last_report, loss_sum = time.time(), 0.0, 0.0
-        batches = prefetch(patch_batches(train_images, train_masks, config, shape, epoch))
-        bar = tqdm(batches, total=config.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
-                   disable=not show_progress, leave=True, dynamic_ncols=True)
-        for step, (images, masks) in enumerate(bar, start=1):
-            inputs = torch.from_numpy(images).to(device).contiguous(memory_format=memory_format)
-            target = torch.from_numpy(masks).to(device)
-            with autocast_context(device, precision):
-                logits = model(inputs)
-            loss = segmentation_loss(logits.float(), target, config.loss)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.item()
-            bar.set_postfix(loss=f"{loss_sum / step:.4f}")
-            if time.time() - last_report > 1.0 or step == config.steps_per_epoch:
-                last_report = time.time()
-                progress(epoch, step, epoch_started, train_loss=loss_sum / step, phase="training")
-            if stop.requested:
-                break
-        bar.close()
-        if stop.requested:  # last.pt still holds the previous finished epoch
+    status = "finished"
+    epoch = progress.start_epoch - 1
+    for epoch in range(progress.start_epoch, config.epochs + 1):
+        epoch_started = time.time()
+        train_loss = train_one_epoch(trainer, data, config, epoch, stop, report, show_progress)
+        if train_loss is None:  # stopped mid-epoch: last.pt still holds the previous whole epoch
             status, epoch = "cancelled", epoch - 1
             break
-        scheduler.step()
         train_seconds = time.time() - epoch_started
-        progress(epoch, config.steps_per_epoch, epoch_started, phase="validating")
-        metrics = validate(model, dataset, parts.validation, config, device, precision)
+        report(epoch, config.steps_per_epoch, phase="validating")
+        metrics = validate(trainer.model, data.dataset, data.validation_indices, config, trainer.device,
+                           trainer.precision)
         metrics.update(
-            train_loss=loss_sum / config.steps_per_epoch,
-            learning_rate=optimizer.param_groups[0]["lr"],
+            train_loss=train_loss,
+            learning_rate=trainer.optimizer.param_groups[0]["lr"],
             train_seconds=train_seconds,
             epoch_seconds=time.time() - epoch_started,
             patches_per_second=config.steps_per_epoch * config.batch_size / train_seconds,
         )
-        improved = metrics["val_f1"] > best_f1
+        improved = metrics["val_f1"] > progress.best_f1
         if improved:
-            best_f1, best_epoch = metrics["val_f1"], epoch
-        payload = {
-            "state_dict": model.state_dict(),
-            "config": config.to_dict(),
-            "epoch": epoch,
-            "in_channels": dataset.channels,
-            "metrics": metrics,
-            "untrained_metrics": untrained,
-            "best_validation_f1": best_f1,
-            "best_epoch": best_epoch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "split": {"train": parts.train, "validation": parts.validation},
-        }
-        save_checkpoint(last_path, payload)
-        if improved:
-            save_checkpoint(checkpoint_dir / "best.pt", payload)
+            progress.best_f1, progress.best_epoch = metrics["val_f1"], epoch
+        save_epoch(trainer, data, config, epoch, metrics, progress, checkpoint_dir, improved)
         registry.add_epoch(run_id, epoch, metrics)
         history.append({"epoch": epoch, **metrics})
         if show_progress:
@@ -432,11 +464,11 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
     return TrainResult(
         run_id=run_id,
         status=status,
-        epochs_done=max(epoch, start_epoch - 1),
-        best_epoch=best_epoch,
-        best_validation_f1=best_f1 if best_epoch is not None else None,
+        epochs_done=max(epoch, progress.start_epoch - 1),
+        best_epoch=progress.best_epoch,
+        best_validation_f1=progress.best_f1 if progress.best_epoch is not None else None,
         final_metrics={k: v for k, v in final.items() if k != "epoch" and isinstance(v, (int, float))},
-        untrained_metrics={k: v for k, v in untrained.items() if isinstance(v, (int, float))},
+        untrained_metrics={k: v for k, v in progress.untrained.items() if isinstance(v, (int, float))},
         seconds=time.time() - started,
         checkpoint_dir=str(checkpoint_dir),
         history=history,

@@ -109,3 +109,26 @@ def test_evaluate_cli_json(trained_run, monkeypatch):
     out = json.loads(process.stdout.strip().splitlines()[-1])
     assert out["headline"]["pixel_f1"] == pytest.approx(result.final_metrics["val_f1"])
     assert "pixel_f1_all_positive" in out["headline"] and "dsb_map[components]" in out["headline"]
+
+
+def test_one_checkpoint_scores_the_same_everywhere(trained_run):
+    """Training's validation, evaluate and core.inference (predict, the pages) give the same maps."""
+    from core.inference import load_model, predict_image
+    from core.metrics import pixel_counts
+
+    registry, result = trained_run
+    evaluation = evaluate_run(result.run_id, registry=registry, methods=("components",), show_progress=False,
+                              store=False)
+    loaded = load_model(f"{result.checkpoint_dir}/best.pt", device="cpu")
+    config = registry.get_run(result.run_id).config
+    dataset = load_dataset(config.dataset)
+    indices = split(dataset, config.train_fraction, config.seed, config.validation_fraction).validation
+    per_image = {row["name"]: row["pixel_f1"] for row in evaluation.summary["per_image"]}
+    assert len(per_image) == len(indices) >= 2
+    for index in indices:
+        sample = dataset[index]
+        probability = predict_image(loaded, sample.image).probability
+        assert pixel_counts(probability, sample.mask, config.threshold).f1 == pytest.approx(per_image[sample.name],
+                                                                                            abs=1e-12)
+    best = [row for row in registry.epochs(result.run_id) if row["epoch"] == result.best_epoch][0]
+    assert evaluation.summary["pixel"]["f1"] == pytest.approx(best["val_f1"], abs=1e-12)

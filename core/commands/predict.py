@@ -46,24 +46,17 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from core.checkpoints import build_model_from_checkpoint
     from core.datasets import read_image
+    from core.inference import load_model, predict_image
     from core.postprocess import postprocess
-    from core.predict import TileSettings, match_channels, predict_probabilities
-    from core.train import resolve_device, resolve_precision
 
     files = input_files(Path(args.input))
-    device = resolve_device(args.device)
-    model, config, _ = build_model_from_checkpoint(args.checkpoint, device)
-    precision = resolve_precision(config.precision, device)
-    settings = TileSettings(tile_size=args.tile, overlap=args.overlap, flip_tta=args.tta)
+    loaded = load_model(args.checkpoint, device=args.device)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     for path in tqdm(files, desc="predicting", unit="image"):
-        image = read_image(path)
-        image = match_channels(image, model.in_channels, source=str(path))
-        probability = predict_probabilities(model, image, settings, device, precision,
-                                            channels_last=config.channels_last and device.type == "cpu")
+        probability = predict_image(loaded, read_image(path), tile_size=args.tile, overlap=args.overlap,
+                                    flip_tta=args.tta, source=str(path)).probability
         labels = postprocess(probability, args.instances, threshold=args.threshold)
         tifffile.imwrite(output / f"{path.stem}_probability.tif", probability.astype(np.float32))
         Image.fromarray(((probability >= args.threshold) * 255).astype(np.uint8)).save(output / f"{path.stem}_mask.png")
