@@ -72,8 +72,62 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+def checkpoint_config(payload: dict[str, Any], path: str | Path) -> tuple[RunConfig, int]:
+    """The run settings and input channels stored in a checkpoint, checked before any model is built.
+
+    Raises
+    ------
+    CheckpointError
+        When the stored config is not a dict of valid settings, the input channels are not a
+        small positive integer, or the network would be larger than the model allows.
+    """
+    from core.errors import UNetLabError
+    from core.model import check_model_size
+
+    stored, in_channels = payload.get("config"), payload.get("in_channels", 1)
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: the stored run settings are a {type(stored).__name__}, not a dict of "
+                              "settings; this is not a checkpoint U-Net Lab wrote")
+    try:
+        config = RunConfig.from_dict(stored).validate()
+        check_model_size(int(in_channels), config.base_width, config.depth)
+    except (UNetLabError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: the stored run settings are not usable: {error}") from None
+    return config, int(in_channels)
+
+
+def check_weights_fit(model: torch.nn.Module, state_dict: Any, path: str | Path) -> None:
+    """Compare every tensor's name and shape with the model's before loading.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the first missing, unexpected or differently shaped tensor.
+    """
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: the stored weights are a {type(state_dict).__name__}, not a state dict")
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in state_dict]
+    unexpected = [name for name in state_dict if name not in expected]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the weights do not fit this U-Net: "
+                              + (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")
+                              + f" ({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    for name, tensor in expected.items():
+        stored = state_dict[name]
+        if not isinstance(stored, torch.Tensor) or tuple(stored.shape) != tuple(tensor.shape):
+            shape = tuple(stored.shape) if isinstance(stored, torch.Tensor) else type(stored).__name__
+            raise CheckpointError(f"{path}: weight {name} has shape {shape}, the model expects "
+                                  f"{tuple(tensor.shape)}: it was trained with another width, depth or "
+                                  "number of channels")
+
+
 def build_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the U-Net stored in a checkpoint, in eval mode.
+
+    The stored settings are validated and the network's size bounded before it is built,
+    and every weight's shape is compared before loading, so a damaged or crafted file gives
+    a clear :class:`CheckpointError`, never a huge allocation or a raw ``RuntimeError``.
 
     Returns
     -------
@@ -86,12 +140,9 @@ def build_model_from_checkpoint(path: str | Path, device: str | torch.device = "
     from core.model import UNet
 
     payload = load_checkpoint(path)
-    config = RunConfig.from_dict(payload["config"])
-    in_channels = int(payload.get("in_channels", 1))
+    config, in_channels = checkpoint_config(payload, path)
     model = UNet(in_channels=in_channels, base_width=config.base_width, depth=config.depth)
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit the stored model settings: {str(error)[:200]}") from None
+    check_weights_fit(model, payload["state_dict"], path)
+    model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
     return model, config, payload

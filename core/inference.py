@@ -131,19 +131,56 @@ def load_model(checkpoint: str | Path, device: str = "auto") -> LoadedModel:
                        precision=resolve_precision(config.precision, resolved))
 
 
+#: How :func:`predict_image` scales an image: to the run's training size, or not at all.
+SCALES = ("training", "native")
+
+
 @dataclass
 class Prediction:
-    """A probability map of the positive class, and what it took."""
+    """A probability map of the positive class at the image's own size, and how it was made.
 
-    probability: np.ndarray  # float32 (H, W) in [0, 1]
+    ``scale`` says which size the network saw: ``"native"`` or, for a run trained on resized
+    images, ``"training"``, with ``network_shape`` the (height, width) it was resized to.
+    """
+
+    probability: np.ndarray  # float32 (H, W) in [0, 1], H and W of the input image
     seconds: float
     tiles: int
+    scale: str = "native"
+    network_shape: tuple[int, int] = (0, 0)
+
+    def scale_note(self) -> str:
+        """One sentence for the user: at which size the image was segmented."""
+        height, width = self.probability.shape
+        if (height, width) == self.network_shape:
+            return f"segmented at its own size, {width} x {height} pixels"
+        net_h, net_w = self.network_shape
+        return (f"resized from {width} x {height} to {net_w} x {net_h} pixels (the size the model was trained at), "
+                "segmented, and the result resized back")
+
+
+def network_shape(config: RunConfig, shape: tuple[int, int], scale: str = "training") -> tuple[int, int]:
+    """The (height, width) an image of ``shape`` is given to the network at.
+
+    ``scale="training"`` applies the run's ``image_size`` (every training image was resized to
+    image_size x image_size, so the model learnt objects at that scale); ``"native"`` keeps it.
+
+    Raises
+    ------
+    RunError
+        An unknown ``scale``.
+    """
+    if scale not in SCALES:
+        raise RunError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if scale == "training" and config.image_size:
+        return (int(config.image_size), int(config.image_size))
+    return (int(shape[0]), int(shape[1]))
 
 
 def predict_image(loaded: LoadedModel, image: np.ndarray, tile_size: int | None = None,
                   overlap: int | None = None, flip_tta: bool = False,
-                  source: str = "the image") -> Prediction:
-    """Tiled prediction of one image with a loaded model.
+                  source: str = "the image", scale: str = "training") -> Prediction:
+    """Tiled prediction of one image with a loaded model, returned at the image's own size.
 
     Parameters
     ----------
@@ -156,15 +193,34 @@ def predict_image(loaded: LoadedModel, image: np.ndarray, tile_size: int | None 
         Average over the four flips (4x slower).
     source : str
         How error messages name the image.
+    scale : {"training", "native"}
+        ``"training"`` (default) resizes the image to the run's ``image_size`` when it was
+        trained on resized images (bilinear, anti-aliased, as the loaders resize) and the
+        probabilities back (bilinear); ``"native"`` predicts at the image's own size.
 
     Returns
     -------
     Prediction
+        ``probability`` float32 (H, W) of the input image.
     """
     settings = tile_settings(loaded.config, tile_size, overlap, flip_tta)
     image = match_channels(image, loaded.channels, source=source)
+    native = image.shape[:2]
+    target = network_shape(loaded.config, native, scale)
     started = time.perf_counter()
+    if target != native:
+        image = _resize(image, target, order=1, anti_aliasing=True)
     probability = predict_probabilities(loaded.model, image, settings, loaded.device, loaded.precision,
                                         channels_last=loaded.channels_last)
+    if target != native:
+        probability = np.clip(_resize(probability, native, order=1, anti_aliasing=False), 0, 1).astype(np.float32)
     return Prediction(probability=probability, seconds=time.perf_counter() - started,
-                      tiles=sum(1 for _ in iter_tiles(image.shape[0], image.shape[1], settings)))
+                      tiles=sum(1 for _ in iter_tiles(target[0], target[1], settings)),
+                      scale="training" if target != native else "native", network_shape=target)
+
+
+def _resize(array: np.ndarray, shape: tuple[int, int], order: int, anti_aliasing: bool) -> np.ndarray:
+    from skimage.transform import resize
+
+    return resize(array, tuple(shape) + array.shape[2:], order=order, anti_aliasing=anti_aliasing,
+                  preserve_range=True).astype(np.float32)

@@ -25,12 +25,57 @@ from torch import Tensor, nn
 
 from core.errors import ModelConfigError
 
+#: Most poolings: 2**6 = 64x downsampling already needs 64-pixel-aligned inputs.
+MAX_DEPTH = 6
+#: Most input channels (grey 1, colour 3, a few stains or a z-stack).
+MAX_IN_CHANNELS = 16
+#: Largest network built: 250 M parameters (1 GB of float32 weights, 8x the paper's width-64
+#: U-Net). A checkpoint or setting asking for more is refused before anything is allocated.
+MAX_PARAMETERS = 250_000_000
 
 
-def _require_positive_int(name: str, value: object) -> int:
+def _require_positive_int(name: str, value: object, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ModelConfigError(f"{name} must be a positive integer, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ModelConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
+
+
+def expected_parameters(in_channels: int, base_width: int, depth: int, out_channels: int = 1) -> int:
+    """Parameter count of ``UNet(in_channels, base_width, depth, out_channels)``, computed without building it."""
+
+    def double_conv(inputs: int, outputs: int) -> int:  # two bias-free 3x3 convs, two batch norms
+        return 9 * inputs * outputs + 9 * outputs * outputs + 4 * outputs
+
+    widths = [base_width * 2**level for level in range(depth + 1)]
+    total, channels = 0, in_channels
+    for width in widths[:-1]:
+        total += double_conv(channels, width)
+        channels = width
+    total += double_conv(widths[-2], widths[-1])
+    for level in range(depth):  # transposed conv (with bias) then DoubleConv on the concatenation
+        total += 4 * widths[level + 1] * widths[level] + widths[level] + double_conv(2 * widths[level], widths[level])
+    return total + widths[0] * out_channels + out_channels
+
+
+def check_model_size(in_channels: int, base_width: int, depth: int, out_channels: int = 1) -> None:
+    """Refuse settings outside the bounds above, naming the setting.
+
+    Raises
+    ------
+    ModelConfigError
+    """
+    _require_positive_int("in_channels", in_channels, MAX_IN_CHANNELS)
+    _require_positive_int("base_width", base_width)
+    _require_positive_int("depth", depth, MAX_DEPTH)
+    _require_positive_int("out_channels", out_channels, MAX_IN_CHANNELS)
+    parameters = expected_parameters(in_channels, base_width, depth, out_channels)
+    if parameters > MAX_PARAMETERS:
+        raise ModelConfigError(
+            f"a U-Net of width {base_width} and depth {depth} has {parameters:,} parameters "
+            f"({parameters * 4 / 1e9:.1f} GB of weights), over the limit of {MAX_PARAMETERS:,}; "
+            "choose a smaller width or depth")
 
 
 class DoubleConv(nn.Sequential):
@@ -77,15 +122,14 @@ class UNet(nn.Module):
     Raises
     ------
     ModelConfigError
-        If any argument is not a positive integer.
+        If any argument is not a positive integer, or the network would exceed
+        :data:`MAX_PARAMETERS` (checked before anything is allocated).
     """
 
     def __init__(self, in_channels: int = 1, base_width: int = 32, depth: int = 4, out_channels: int = 1):
         super().__init__()
-        self.in_channels = _require_positive_int("in_channels", in_channels)
-        self.base_width = _require_positive_int("base_width", base_width)
-        self.depth = _require_positive_int("depth", depth)
-        self.out_channels = _require_positive_int("out_channels", out_channels)
+        check_model_size(in_channels, base_width, depth, out_channels)
+        self.in_channels, self.base_width, self.depth, self.out_channels = in_channels, base_width, depth, out_channels
 
         widths = [base_width * 2**level for level in range(depth + 1)]
         self.encoder = nn.ModuleList()

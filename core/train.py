@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from core.augment import augment, build_augmentation
-from core.checkpoints import load_checkpoint, save_checkpoint
+from core.checkpoints import check_weights_fit, load_checkpoint, save_checkpoint
 from core.config import RunConfig
 from core.datasets import Dataset, load_dataset, split
 from core.errors import RunError
@@ -338,6 +338,7 @@ def resume_or_start(trainer: Trainer, data: TrainingData, config: RunConfig, run
     """Continue from ``last.pt`` when it exists; else score the untrained model as epoch 0."""
     if last_path.exists():
         state = load_checkpoint(last_path, map_location=trainer.device)
+        check_weights_fit(trainer.model, state["state_dict"], last_path)  # e.g. a last.pt of another width
         trainer.model.load_state_dict(state["state_dict"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
