@@ -17,7 +17,7 @@ Every method returns int32 labels 0..N with contiguous ids (0 = background).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -350,3 +350,20 @@ def postprocess(probabilities: np.ndarray, method: str = "components", **params)
     if unknown:
         raise MetricInputError(f"{method} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(known))}")
     return METHODS[method](probabilities, params_type(**params))
+
+
+def postprocess_parameters(method: str) -> list[dict[str, Any]]:
+    """The tunable parameters of a method, for a settings form: name, type name and default.
+
+    The threshold (set beside the method) and the random state (fixed for reproducible
+    labels) are left out.
+
+    Raises
+    ------
+    MetricInputError
+        (a UNetLabError) for an unknown method.
+    """
+    if method not in PARAMETERS:
+        raise MetricInputError(f"unknown post-processing method {method!r}; choose one of {', '.join(PARAMETERS)}")
+    return [{"name": item.name, "type": type(item.default).__name__, "default": item.default}
+            for item in fields(PARAMETERS[method]) if item.name not in ("threshold", "random_state")]

@@ -34,7 +34,7 @@ import numpy as np
 
 from core.config import AUGMENTATION_LEVELS
 from core.errors import UNetLabError
-from core.study import RUN_TIME_COLUMN
+from core.tables import RUN_TIME_COLUMN
 
 if TYPE_CHECKING:
     from core.runs import Registry
@@ -154,7 +154,7 @@ class GridTable:
 def grid_table(table: Any, dataset: str, metric: str) -> GridTable:
     """Per-seed values of ``metric`` for every (level, fraction) cell of ``dataset``, the best
     cell (highest mean) and each other cell's seed-noise verdict against it."""
-    from core.app_support import grid_summary
+    from core.tables import grid_summary
 
     rows = table[(table["Dataset"] == dataset)].dropna(subset=[metric])
     if rows.empty:
@@ -276,8 +276,8 @@ def number(value: Any, digits: int = 4) -> str:
 
 def metric_columns(table: Any, method: str) -> dict[str, str]:
     """The report's metrics: short key -> exact column name in the study table."""
-    from core.app_support import instance_column
     from core.metrics import METRIC_NAMES
+    from core.tables import instance_column
 
     pixel_f1 = next(column for column in table.columns if column.startswith("Pixel F1 (Dice) at threshold"))
     membrane_f1 = next((column for column in table.columns if column.startswith("Pixel F1 of the negative class")),
@@ -368,12 +368,13 @@ def fraction_lines_figure(table: Any, dataset: str, metrics: Mapping[str, str]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from core.app_support import _palette, grid_summary
+    from core.figures import palette
+    from core.tables import grid_summary
 
     rows = table[table["Dataset"] == dataset]
     figure = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics.values()))
     levels = [level for level in dict.fromkeys(rows["Augmentation"])]
-    colours = dict(zip(levels, _palette(len(levels))))
+    colours = dict(zip(levels, palette(len(levels))))
     for column, metric in enumerate(metrics.values(), start=1):
         if rows[metric].notna().sum() == 0:
             continue
@@ -419,8 +420,8 @@ def image_strip(cells: Mapping[tuple[str, float], str], registry: Registry, tile
     """
     from PIL import Image, ImageDraw
 
-    from core.app_support import ERROR_COLOURS, error_overlay, mask_overlay
     from core.datasets import load_dataset
+    from core.overlays import ERROR_COLOURS, error_overlay, mask_overlay
 
     if not cells:
         return None
@@ -516,12 +517,13 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
     UNetLabError
         No runs in the study, or a chosen fraction / level that the study does not have.
     """
-    from core.app_support import format_duration, format_time, grid_heatmap, grid_summary, roc_pr_figures
-    from core.app_support import curves_from_arrays, png_bytes
+    from core.figures import curves_from_arrays, grid_heatmap, roc_pr_figures
+    from core.overlays import png_bytes
     from core.postprocess import METHODS
     from core.runs import Registry
     from core.study import (describe_machine, load_study, machine_info, stored_evaluations, study_records,
                             study_table)
+    from core.tables import format_duration, format_time, grid_summary
 
     registry = registry or Registry()
     records = study_records(name, registry)

@@ -19,6 +19,10 @@ The definition is stored as JSON beside the registry (``studies/NAME.json``), so
 grid under the same name adds that grid to the study (e.g. a full grid on one dataset and
 a smaller one on two others).
 
+This module is also the home of grid expansion (:func:`configs_for_grid`, the Train
+page's grids) and of the parsers of typed lists (:func:`parse_seeds`,
+:func:`parse_fractions`, ...), shared by the CLI and the app.
+
 >>> grid = StudyGrid(datasets=["synthetic-nuclei"], fractions=[0.1, 0.5], augmentations=["none", "heavy"],
 ...                  seeds=[0])
 >>> [config.label() for config in grid_configs(grid, "demo")]
@@ -34,7 +38,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from core.config import AUGMENTATION_LEVELS, RunConfig
 from core.errors import UNetLabError
@@ -130,7 +134,7 @@ def check_study_name(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Parsing the command line's lists
+# Parsing the lists typed on the command line and on the Train page
 # --------------------------------------------------------------------------------------
 
 
@@ -187,6 +191,35 @@ def parse_roots(text: str | None) -> dict[str, str]:
     return roots
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0, 1, 2"`` or ``"0-4"`` -> list of distinct seeds in order.
+
+    Raises
+    ------
+    UNetLabError
+        On anything but non-negative integers and ranges.
+    """
+    seeds: list[int] = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                low, high = (int(p) for p in part.split("-", 1))
+                values = list(range(low, high + 1))
+            else:
+                values = [int(part)]
+        except ValueError:
+            raise UNetLabError(f"seeds: {part!r} is not a whole number or a range like 0-4") from None
+        if any(v < 0 for v in values) or not values:
+            raise UNetLabError(f"seeds: {part!r} must give non-negative whole numbers")
+        seeds += [v for v in values if v not in seeds]
+    if not seeds:
+        raise UNetLabError("seeds: give at least one seed, e.g. 0 or 0, 1, 2")
+    return seeds
+
+
 # --------------------------------------------------------------------------------------
 # Presets and grid expansion
 # --------------------------------------------------------------------------------------
@@ -228,6 +261,34 @@ def check_overrides(overrides: Mapping[str, Any]) -> None:
                            f"known: {', '.join(sorted(known))}")
 
 
+def configs_for_grid(base: RunConfig, fractions: Iterable[float], levels: Iterable[str],
+                     seeds: Iterable[int], study: str | None = None) -> list[RunConfig]:
+    """One validated config per (train fraction, augmentation level, seed) of one dataset, in that order.
+
+    ``base`` gives every other setting (it is not changed); ``study`` names the study of
+    every config (default: the base config's). The Train page launches these runs, and
+    :func:`grid_configs` builds each dataset's cells of a study grid with it.
+
+    Raises
+    ------
+    UNetLabError
+        If a list is empty, or a value is out of range (ConfigError names it).
+    """
+    fractions, levels, seeds = list(fractions), list(levels), list(seeds)
+    for name, values in (("train fraction", fractions), ("augmentation level", levels), ("seed", seeds)):
+        if not values:
+            raise UNetLabError(f"choose at least one {name} for the grid")
+    configs = []
+    for fraction in fractions:
+        for level in levels:
+            for seed in seeds:
+                values = base.to_dict()
+                values.update(train_fraction=float(fraction), augmentation=level, seed=int(seed),
+                              study=study if study is not None else base.study)
+                configs.append(RunConfig.from_dict(values).validate())
+    return configs
+
+
 def grid_configs(grid: StudyGrid, study: str) -> list[RunConfig]:
     """One validated RunConfig per cell, seeds outermost.
 
@@ -235,14 +296,12 @@ def grid_configs(grid: StudyGrid, study: str) -> list[RunConfig]:
     (seed 0) rather than some cells with every seed; within a seed: dataset, fraction,
     level in the order given.
     """
-    from core.app_support import grid_configs as cells_of
-
     check_overrides(grid.overrides)
     per_dataset = []
     for dataset in grid.datasets:
         base = RunConfig(**{**preset_settings(grid.preset, dataset), **grid.overrides,
                             "dataset": dataset, "root": grid.roots.get(dataset)})
-        per_dataset.append(cells_of(base, grid.fractions, grid.augmentations, grid.seeds, study=study))
+        per_dataset.append(configs_for_grid(base, grid.fractions, grid.augmentations, grid.seeds, study=study))
     seed_rank = {seed: rank for rank, seed in enumerate(grid.seeds)}
     ordered = [config for configs in per_dataset for config in configs]
     return sorted(ordered, key=lambda config: seed_rank[config.seed])  # stable: keeps the rest in order
@@ -323,7 +382,7 @@ def validate_grid(grid: StudyGrid) -> StudyGrid:
         config = next(c for c in configs if c.dataset == dataset)
         loaded = load_dataset(dataset, config.root, split="train", size=config.image_size)
         for fraction in grid.fractions:
-            split(loaded, fraction, 0, config.validation_fraction)
+            split(loaded, fraction, 0, config.validation_fraction, strategy=config.split_strategy, group_pattern=config.group_pattern)
     return checked
 
 
@@ -566,7 +625,7 @@ def follow(run_ids: Sequence[str], registry: Registry, poll_seconds: float = 1.0
     from tqdm import tqdm
 
     from core import queue
-    from core.app_support import format_duration
+    from core.tables import format_duration
 
     parallel = max_parallel or 1
     progress = study_progress(run_ids, registry, parallel)
@@ -601,24 +660,8 @@ def follow(run_ids: Sequence[str], registry: Registry, poll_seconds: float = 1.0
 # The tidy results table
 # --------------------------------------------------------------------------------------
 
-#: Column titles of the config fields that :func:`core.app_support.runs_table` does not show.
-EXTRA_CONFIG_COLUMNS: dict[str, str] = {
-    "image_size": "Image size (0 = native)",
-    "validation_fraction": "Validation fraction",
-    "batch_size": "Batch size",
-    "patch_size": "Patch size",
-    "optimizer": "Optimizer",
-    "learning_rate": "Learning rate",
-    "lr_schedule": "LR schedule",
-    "weight_decay": "Weight decay",
-    "device": "Device",
-    "precision": "Precision",
-    "channels_last": "Channels last",
-    "threads": "Threads (0 = torch's default)",
-    "tile_size": "Tile size",
-    "notes": "Notes",
-}
-RUN_TIME_COLUMN = "Run time (s, training + evaluation)"
+# The study table's extra column titles (EXTRA_CONFIG_COLUMNS, RUN_TIME_COLUMN) live in core.tables,
+# whose comparable_metrics must tell them from metrics: tables never imports study, so no cycle.
 
 
 def study_records(name: str, registry: Registry) -> list[Any]:
@@ -637,7 +680,7 @@ def study_table(name: str, registry: Registry, method: str = "components",
                 evaluations: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """The tidy results table: one row per run, every config field and every metric.
 
-    Built on :func:`core.app_support.runs_table` (the Compare page's table, same column
+    Built on :func:`core.tables.runs_table` (the Compare page's table, same column
     names: metrics named exactly as in :data:`core.metrics.METRIC_NAMES`, instance metrics
     for post-processing ``method``), with the config fields it leaves out, the remaining
     stored metrics and the run's duration added.
@@ -649,9 +692,9 @@ def study_table(name: str, registry: Registry, method: str = "components",
     """
     import pandas as pd
 
-    from core.app_support import format_time, instance_column, runs_table
     from core.metrics import METRIC_NAMES, metric_name
     from core.postprocess import METHODS
+    from core.tables import EXTRA_CONFIG_COLUMNS, RUN_TIME_COLUMN, format_time, instance_column, runs_table
 
     if method not in METHODS:
         raise UNetLabError(f"unknown post-processing method {method!r}; choose one of {', '.join(METHODS)}")
@@ -721,7 +764,8 @@ def describe_machine(info: Mapping[str, Any]) -> str:
 
 __all__ = [
     "PAPER_EPOCHS_GUESS", "PRESETS", "PlannedRun", "RunState", "StudyDefinition", "StudyGrid", "StudyProgress",
-    "check_study_name", "decide_action", "estimate_eta", "follow", "grid_configs", "launch", "load_study",
-    "machine_info", "parse_augmentations", "parse_fractions", "parse_roots", "plan_study", "preset_settings",
+    "check_study_name", "configs_for_grid", "decide_action", "estimate_eta", "follow", "grid_configs", "launch",
+    "load_study", "machine_info", "parse_augmentations", "parse_fractions", "parse_roots", "parse_seeds", "plan_study",
+    "preset_settings",
     "run_identity", "save_study", "study_names", "study_progress", "study_records", "study_table", "validate_grid",
 ]

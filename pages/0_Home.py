@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # lets the page run on its own (streamlit run pages/..., AppTest)
-    sys.path.insert(0, ROOT)
-
-import streamlit as st  # noqa: E402
-
-from core import app_support as support  # noqa: E402
-from core.datasets import list_datasets  # noqa: E402
-from core.queue import worker_running  # noqa: E402
-from core.runs import Registry  # noqa: E402
+from core.datasets import list_datasets
+from core.queue import worker_running
+from core.runs import Registry
+from core.tables import datasets_table, status_table
+from core.user_datasets import load_user_datasets
 
 
 @st.cache_resource
@@ -40,7 +34,7 @@ st.caption(f"Training device: {training_device()}. Runs and results are stored i
 st.header("Datasets")
 st.markdown("Built-in synthetic sets need no files; the others (and any folder of images + masks) are "
             "used by registering their folder on the **Train** page.")
-st.dataframe(support.datasets_table(list_datasets(), support.load_user_datasets()),
+st.dataframe(datasets_table(list_datasets(), load_user_datasets()),
              hide_index=True, width="stretch")
 
 
@@ -56,7 +50,7 @@ def recent_runs() -> None:
     if not runs:
         st.info("No runs yet: open the **Train** page to launch one on the built-in `synthetic-nuclei` data.")
         return
-    st.dataframe(support.status_table(runs[:20]), hide_index=True, width="stretch")
+    st.dataframe(status_table(runs[:20]), hide_index=True, width="stretch")
 
 
 st.header("Recent runs")

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # lets the page run on its own (streamlit run pages/..., AppTest)
-    sys.path.insert(0, ROOT)
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from core import app_support as support  # noqa: E402
-from core import queue  # noqa: E402
-from core.config import AUGMENTATION_LEVELS, LOSSES, RunConfig  # noqa: E402
-from core.datasets import describe_dataset, get_spec, list_datasets, load_dataset  # noqa: E402
-from core.errors import UNetLabError  # noqa: E402
-from core.runs import Registry  # noqa: E402
-from core.study import check_study_name, grid_from_config, record_study  # noqa: E402
+from app_shared import cached_dataset
+from core import queue
+from core.config import AUGMENTATION_LEVELS, LOSSES, TRAIN_FRACTION_PRESETS, RunConfig
+from core.datasets import describe_dataset, get_spec, list_datasets
+from core.errors import UNetLabError
+from core.figures import training_curves_figure
+from core.runs import Registry
+from core.study import check_study_name, configs_for_grid, grid_from_config, parse_seeds, record_study
+from core.tables import dataset_choices, evaluation_state, progress_view
+from core.user_datasets import load_user_datasets, register_user_dataset
 
 DEFAULTS = RunConfig()
 
@@ -26,11 +23,6 @@ DEFAULTS = RunConfig()
 @st.cache_data(show_spinner="Loading the dataset...")
 def dataset_facts(name: str, root: str | None) -> dict:
     return describe_dataset(name, root)
-
-
-@st.cache_resource(show_spinner="Loading the dataset...")
-def cached_dataset(name: str, root: str | None):
-    return load_dataset(name, root, split="train")
 
 
 @st.cache_data(show_spinner="Augmenting a preview...")
@@ -61,7 +53,7 @@ def set_fraction(value: float) -> None:
 def register_folder() -> None:
     """Check the folder with the loader; on success select it (a callback may set the picker's state)."""
     try:
-        entry = support.register_user_dataset(st.session_state["folder_layout"], st.session_state["folder_path"])
+        entry = register_user_dataset(st.session_state["folder_layout"], st.session_state["folder_path"])
     except UNetLabError as error:
         st.session_state["folder_error"] = str(error)
     else:
@@ -78,7 +70,7 @@ st.markdown("Runs train in separate processes through a queue, so you can reload
 
 st.header("1. Dataset")
 specs = list_datasets()
-choices = support.dataset_choices(specs, support.load_user_datasets())
+choices = dataset_choices(specs, load_user_datasets())
 labels = [choice.label for choice in choices]
 chosen_label = st.selectbox("Dataset", labels, key="dataset_choice",
                             help="Built-in synthetic sets need no files; add your own folder below.")
@@ -122,8 +114,8 @@ with left:
                          min_value=0.05, max_value=max_fraction, step=0.05, key="train_fraction",
                          help=f"The last {DEFAULTS.validation_fraction:.0%} of each seed's fixed order of the "
                               "images is the validation part, never trained on.")
-    preset_columns = st.columns(len(support.TRAIN_FRACTION_PRESETS))
-    for column, preset in zip(preset_columns, support.TRAIN_FRACTION_PRESETS):
+    preset_columns = st.columns(len(TRAIN_FRACTION_PRESETS))
+    for column, preset in zip(preset_columns, TRAIN_FRACTION_PRESETS):
         column.button(f"{preset:.0%}", key=f"preset_{preset}", on_click=set_fraction, args=(preset,),
                       width="stretch")
     n_train = -(-int(round(fraction * facts["n_images"] * 1000)) // 1000)
@@ -182,14 +174,14 @@ else:
     fractions, levels, study = [fraction], [level], None
 
 try:
-    seeds = support.parse_seeds(seeds_text)
+    seeds = parse_seeds(seeds_text)
     base = RunConfig(dataset=choice.dataset, root=choice.root, epochs=int(epochs), base_width=int(width),
                      loss=loss, steps_per_epoch=int(steps), batch_size=int(batch), patch_size=int(patch),
                      depth=int(depth), learning_rate=float(learning_rate), device=device,
                      image_size=int(image_size) or None)
     if grid:
         study = check_study_name(study.strip())
-    configs = support.grid_configs(base, fractions, levels, seeds, study=study or None)
+    configs = configs_for_grid(base, fractions, levels, seeds, study=study or None)
 except UNetLabError as error:
     configs = []
     st.error(str(error))
@@ -244,7 +236,7 @@ def runs_panel() -> None:
         return
     show_ended = st.toggle("Show ended runs", value=True, key="show_ended")
     for run in active + (ended[:12] if show_ended else []):
-        view = support.progress_view(run.status, run.progress, run.error)
+        view = progress_view(run.status, run.progress, run.error)
         with st.container(border=True):
             head, buttons = st.columns([5, 1])
             head.markdown(f"**{run.config.label()}** &nbsp; `{run.id}` &nbsp; status: **{run.status}**")
@@ -258,12 +250,12 @@ def runs_panel() -> None:
                     st.code(run.error)
             history = registry.epochs(run.id)
             if run.status == "running" and history:
-                figure = support.training_curves_figure({run.config.label(): history})
+                figure = training_curves_figure({run.config.label(): history})
                 figure.update_layout(height=260, showlegend=False, margin={"t": 40, "b": 20})
                 st.plotly_chart(figure, key=f"chart-{run.id}")
             elif history:
                 best = max(history[1:] or history, key=lambda epoch: epoch["val_f1"])
-                evaluation = support.evaluation_state(run, registry.get_evaluation(run.id, "val") is not None)
+                evaluation = evaluation_state(run, registry.get_evaluation(run.id, "val") is not None)
                 st.caption(f"Best epoch {best['epoch']} of {history[-1]['epoch']}: validation pixel F1 (Dice) at "
                            f"threshold {run.config.threshold:g} = {best['val_f1']:.4f} "
                            f"(TP {best['val_tp']:,}, FP {best['val_fp']:,}, FN {best['val_fn']:,} pixels); "

@@ -2,37 +2,27 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # lets the page run on its own (streamlit run pages/..., AppTest)
-    sys.path.insert(0, ROOT)
-
-import streamlit as st  # noqa: E402
-
-from core import app_support as support  # noqa: E402
-from core.errors import UNetLabError  # noqa: E402
-from core.postprocess import METHODS  # noqa: E402
-from core.runs import STATUSES, Registry  # noqa: E402
-
-
-@st.cache_data(show_spinner=False, max_entries=2000)
-def stored_summary(registry_path: str, run_id: str, finished: float | None) -> dict | None:
-    """A run's stored validation evaluation; ``finished`` keys the cache (re-runs change it)."""
-    return Registry(registry_path).get_evaluation(run_id, "val")
+from app_shared import stored_summary
+from core.errors import UNetLabError
+from core.figures import grid_heatmap, training_curves_figure
+from core.postprocess import METHODS
+from core.runs import STATUSES, Registry
+from core.tables import (NEGATIVE_CLASS_F1_HELP, comparable_metrics, evaluated_rows, grid_summary,
+                         read_results_table, run_labels, runs_table, saved_results_tables)
 
 
 def show_grid(evaluated, caption_source: str) -> None:
     """The train-fraction x augmentation heatmap of one dataset and one metric."""
     grid_columns = st.columns(2)
     grid_dataset = grid_columns[0].selectbox("Dataset", sorted(set(evaluated["Dataset"])), key="grid_dataset")
-    metrics = support.comparable_metrics(evaluated)
+    metrics = comparable_metrics(evaluated)
     default_metric = next((m for m in metrics if m.startswith("Pixel F1 (Dice)")), metrics[0])
     metric = grid_columns[1].selectbox("Metric", metrics, index=metrics.index(default_metric), key="grid_metric")
     subset = evaluated[evaluated["Dataset"] == grid_dataset]
-    summary = support.grid_summary(subset, metric)
-    st.plotly_chart(support.grid_heatmap(summary, title=f"{metric} on {grid_dataset}: mean ± sd over seeds"),
+    summary = grid_summary(subset, metric)
+    st.plotly_chart(grid_heatmap(summary, title=f"{metric} on {grid_dataset}: mean ± sd over seeds"),
                     key="grid_heatmap")
     st.caption(f"Each cell: mean ± sample standard deviation over the seeds of that setting, and n, the number "
                f"of evaluated runs ({len(subset)} in all, validation parts; {caption_source}).")
@@ -43,7 +33,7 @@ def column_config(table) -> dict:
     config = {"Train fraction": st.column_config.NumberColumn(format="percent")}
     for column in table.columns:
         if column.startswith("Pixel F1 of the negative class"):
-            config[column] = st.column_config.NumberColumn(help=support.NEGATIVE_CLASS_F1_HELP)
+            config[column] = st.column_config.NumberColumn(help=NEGATIVE_CLASS_F1_HELP)
     return config
 
 
@@ -51,7 +41,7 @@ st.title("Compare")
 registry = Registry()
 registry.reap_dead()
 runs = registry.list_runs()
-saved_tables = support.saved_results_tables()
+saved_tables = saved_results_tables()
 source = st.radio("Show", ["Runs in this registry", "A saved study table (CSV)"], horizontal=True, key="source",
                   captions=[f"{len(runs)} runs in {registry.path}",
                             f"{len(saved_tables)} committed under docs/, or upload one"])
@@ -67,7 +57,7 @@ if source == "A saved study table (CSV)":
         st.stop()
     label, data = (upload.name, upload.getvalue()) if upload is not None else (picked, saved_tables[picked].read_bytes())
     try:
-        saved = support.read_results_table(data, label)
+        saved = read_results_table(data, label)
     except UNetLabError as error:
         st.error(str(error))
         st.stop()
@@ -75,7 +65,7 @@ if source == "A saved study table (CSV)":
     st.caption(f"{label}: {len(saved)} runs as saved when the table was written; training curves, masks and "
                "ROC/PR curves need the run registry itself.")
     st.header("Training fraction x augmentation")
-    show_grid(support.evaluated_rows(saved), f"from {label}")  # read_results_table checked it is not empty
+    show_grid(evaluated_rows(saved), f"from {label}")  # read_results_table checked it is not empty
     st.stop()
 
 if not runs:
@@ -98,7 +88,7 @@ method = filters[3].selectbox("Post-processing for the instance scores", list(ME
 shown = [run for run in runs if run.config.dataset in chosen_datasets and run.status in chosen_statuses
          and (run.study or "(none)") in chosen_studies]
 summaries = {run.id: stored_summary(str(registry.path), run.id, run.finished) for run in shown}
-table = support.runs_table(shown, summaries, method=method)
+table = runs_table(shown, summaries, method=method)
 st.caption("Scores are computed on each run's fixed validation part (never trained on) with its best "
            "checkpoint; pixel scores sum TP/FP/FN over the validation images; mAPs are means over images. "
            "Empty cells: the run is not evaluated yet.")
@@ -109,7 +99,7 @@ st.download_button("Download this table as CSV", table.to_csv(index=False).encod
 # ---- the grid -------------------------------------------------------------------------------
 
 st.header("Training fraction x augmentation")
-evaluated = support.evaluated_rows(table)
+evaluated = evaluated_rows(table)
 if evaluated.empty:
     st.info("No evaluated runs among those shown yet.")
 else:
@@ -118,11 +108,11 @@ else:
 # ---- training curves ------------------------------------------------------------------------
 
 st.header("Training curves")
-labels = support.run_labels(shown)
+labels = run_labels(shown)
 with_epochs = [run.id for run in shown if run.status in ("finished", "running", "failed", "cancelled")]
 chosen = st.multiselect("Runs", with_epochs, default=with_epochs[:5], format_func=labels.get, key="curve_runs")
 if chosen:
     histories = {labels[run_id]: registry.epochs(run_id) for run_id in chosen}
-    st.plotly_chart(support.training_curves_figure(histories), key="training_curves")
+    st.plotly_chart(training_curves_figure(histories), key="training_curves")
     st.caption("Epoch 0 is the untrained model. Validation scores use each run's threshold and its "
                "validation part.")

@@ -2,42 +2,25 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # lets the page run on its own (streamlit run pages/..., AppTest)
-    sys.path.insert(0, ROOT)
-
-import streamlit as st  # noqa: E402
-
-from core import app_support as support  # noqa: E402
-from core.runs import Registry  # noqa: E402
-
-
-@st.cache_data(show_spinner="Loading the stored curves...", max_entries=200)
-def stored_curves(registry_path: str, run_id: str, finished: float | None):
-    arrays = Registry(registry_path).evaluation_arrays(run_id, "val")
-    return support.curves_from_arrays(arrays)
-
-
-@st.cache_data(show_spinner=False, max_entries=2000)
-def stored_summary(registry_path: str, run_id: str, finished: float | None) -> dict | None:
-    return Registry(registry_path).get_evaluation(run_id, "val")
+from app_shared import evaluated_runs, stored_curves
+from core.figures import roc_pr_figures
+from core.runs import Registry
+from core.tables import operating_points_table, run_labels
 
 
 st.title("Curves")
 st.markdown("Pixel-level ROC and precision-recall curves over each run's validation part, from the "
             "probability maps of its best checkpoint. Circles mark the operating point at the chosen threshold.")
 registry = Registry()
-runs = [run for run in registry.list_runs(status="finished")
-        if stored_summary(str(registry.path), run.id, run.finished) is not None]
+runs = evaluated_runs(registry)
 if not runs:
     st.info("No evaluated runs yet. Runs are evaluated automatically when they finish training "
             "(see the **Train** page).")
     st.stop()
 
-labels = support.run_labels(runs)
+labels = run_labels(runs)
 controls = st.columns([3, 1])
 chosen = controls[0].multiselect("Runs", list(labels), default=list(labels)[:4], format_func=labels.get,
                                  key="curve_runs")
@@ -58,12 +41,12 @@ for run_id in chosen:
 if not curves:
     st.stop()
 
-roc, pr = support.roc_pr_figures(curves, threshold)
+roc, pr = roc_pr_figures(curves, threshold)
 left, right = st.columns(2)
 left.plotly_chart(roc, key="roc")
 right.plotly_chart(pr, key="pr")
 st.subheader(f"Operating points at threshold {threshold:g}")
-st.dataframe(support.operating_points_table(curves, threshold), hide_index=True, width="stretch")
+st.dataframe(operating_points_table(curves, threshold), hide_index=True, width="stretch")
 st.caption("Curves are built from probability histograms; the marked point is the stored curve point for "
            "'probability >= threshold' (its exact threshold is shown, within a histogram bin of the chosen one). "
            "Pixel counts are over the validation images.")

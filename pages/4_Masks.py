@@ -3,54 +3,26 @@ post-processing method, and the same image across several runs (the augmentation
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # lets the page run on its own (streamlit run pages/..., AppTest)
-    sys.path.insert(0, ROOT)
-
-import numpy as np  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from core import app_support as support  # noqa: E402
-from core.errors import UNetLabError  # noqa: E402
-from core.metrics import metric_name, pixel_counts  # noqa: E402
-from core.postprocess import METHODS, postprocess  # noqa: E402
-from core.runs import Registry  # noqa: E402
-
-
-@st.cache_data(show_spinner=False, max_entries=2000)
-def stored_summary(registry_path: str, run_id: str, finished: float | None) -> dict | None:
-    return Registry(registry_path).get_evaluation(run_id, "val")
-
-
-@st.cache_data(show_spinner="Loading stored predictions...", max_entries=50)
-def stored_maps(registry_path: str, run_id: str, finished: float | None) -> dict[int, np.ndarray]:
-    """Dataset index -> stored probability map (float32) of a run's evaluation."""
-    arrays = Registry(registry_path).evaluation_arrays(run_id, "val")
-    return {int(arrays[f"index_{position}"]): arrays[key].astype(np.float32)
-            for key in arrays if key.startswith("probability_")
-            for position in [int(key.split("_")[1])] if f"index_{position}" in arrays}
-
-
-@st.cache_resource(show_spinner="Loading the dataset...")
-def cached_dataset(name: str, root: str | None, size: int | None):
-    from core.datasets import load_dataset
-
-    return load_dataset(name, root, split="train", size=size)
-
-
-@st.cache_resource(show_spinner="Loading the model...", max_entries=8)
-def cached_model(checkpoint: str, modified: float):
-    return support.load_run_model(checkpoint)
+from app_shared import cached_dataset, cached_model, evaluated_runs, stored_maps, stored_summary
+from core.errors import UNetLabError
+from core.metrics import metric_name, pixel_counts
+from core.overlays import (ERROR_COLOURS, display_rgb, error_overlay, label_overlay, mask_overlay,
+                           probability_image)
+from core.postprocess import METHODS, postprocess
+from core.runs import Registry
+from core.tables import run_labels
 
 
 @st.cache_data(show_spinner="Predicting...", max_entries=64)
 def live_probability(checkpoint: str, modified: float, name: str, root: str | None, size: int | None,
                      index: int) -> np.ndarray:
+    from core.inference import predict_image  # torch loads only when a run must be predicted now
+
     image = cached_dataset(name, root, size)[index].image
-    return support.predict_image(cached_model(checkpoint, modified), image).probability
+    return predict_image(cached_model(checkpoint, modified), image).probability
 
 
 @st.cache_data(show_spinner="Post-processing...", max_entries=64)
@@ -60,22 +32,21 @@ def instances(probability: np.ndarray, method: str, threshold: float) -> np.ndar
 
 @st.cache_data(show_spinner=False, max_entries=200)
 def training_indices(name: str, root: str | None, size: int | None, fraction: float, seed: int,
-                     validation_fraction: float) -> list[int]:
+                     validation_fraction: float, strategy: str = "auto", group_pattern: str | None = None) -> list[int]:
     from core.datasets import split
 
-    return list(split(cached_dataset(name, root, size), fraction, seed, validation_fraction).train)
+    return list(split(cached_dataset(name, root, size), fraction, seed, validation_fraction, strategy=strategy, group_pattern=group_pattern).train)
 
 
 st.title("Masks")
 registry = Registry()
-runs = [run for run in registry.list_runs(status="finished")
-        if stored_summary(str(registry.path), run.id, run.finished) is not None]
+runs = evaluated_runs(registry)
 if not runs:
     st.info("No evaluated runs yet. Runs are evaluated automatically when they finish training "
             "(see the **Train** page).")
     st.stop()
 
-labels = support.run_labels(runs)
+labels = run_labels(runs)
 by_id = {run.id: run for run in runs}
 top = st.columns([3, 3, 1, 1])
 run_id = top[0].selectbox("Run", list(labels), format_func=labels.get, key="mask_run")
@@ -106,27 +77,27 @@ st.markdown(
     f"(TP {counts.tp:,}, FP {counts.fp:,}, FN {counts.fn:,}, TN {counts.tn:,} pixels)."
 )
 images = st.columns(4)
-images[0].image(support.display_rgb(sample.image), caption="image", width="stretch")
-images[1].image(support.mask_overlay(sample.image, sample.mask, opacity), caption="truth (yellow)", width="stretch")
-images[2].image(support.probability_image(probability), caption="probability (viridis, 0 dark to 1 yellow)",
+images[0].image(display_rgb(sample.image), caption="image", width="stretch")
+images[1].image(mask_overlay(sample.image, sample.mask, opacity), caption="truth (yellow)", width="stretch")
+images[2].image(probability_image(probability), caption="probability (viridis, 0 dark to 1 yellow)",
                 width="stretch")
-images[3].image(support.error_overlay(sample.image, sample.mask, prediction, opacity),
+images[3].image(error_overlay(sample.image, sample.mask, prediction, opacity),
                 caption=f"errors at threshold {threshold:g}", width="stretch")
 legend = " &nbsp; ".join(f"<span style='color:rgb{colour}'>■</span> {name}"
-                         for name, colour in support.ERROR_COLOURS.items())
+                         for name, colour in ERROR_COLOURS.items())
 st.markdown(legend + " &nbsp; (true negatives: the image)", unsafe_allow_html=True)
 
 st.subheader("Instances of each post-processing method")
 truth_labels = sample.instances
 method_columns = st.columns(len(METHODS) + 1)
 if truth_labels is not None:
-    method_columns[0].image(support.label_overlay(sample.image, truth_labels, opacity),
+    method_columns[0].image(label_overlay(sample.image, truth_labels, opacity),
                             caption=f"truth: {int(len(np.unique(truth_labels)) - 1)} objects", width="stretch")
 else:
     method_columns[0].info("This dataset has no instance labels.")
 for column, method in zip(method_columns[1:], METHODS):
     labels_image = instances(probability, method, threshold)
-    column.image(support.label_overlay(sample.image, labels_image, opacity),
+    column.image(label_overlay(sample.image, labels_image, opacity),
                  caption=f"{method}: {int(labels_image.max())} objects", width="stretch")
 
 # ---- the same image across runs --------------------------------------------------------------
@@ -153,14 +124,14 @@ if chosen:
                                                      config.root, config.image_size, index)
                 trained_on = training_indices(config.dataset, config.root, config.image_size,
                                               other.config.train_fraction, other.config.seed,
-                                              other.config.validation_fraction)
+                                              other.config.validation_fraction, other.config.split_strategy, other.config.group_pattern)
                 note = " — trained on this image!" if index in trained_on else " — predicted now"
         except (UNetLabError, OSError) as error:
             columns[position % len(columns)].error(f"{labels[other_id]}: {error}")
             continue
         other_counts = pixel_counts(other_probability, sample.mask, threshold)
         columns[position % len(columns)].image(
-            support.error_overlay(sample.image, sample.mask, other_probability >= threshold, opacity),
+            error_overlay(sample.image, sample.mask, other_probability >= threshold, opacity),
             caption=f"{labels[other_id]}: pixel F1 {other_counts.f1:.3f} (TP {other_counts.tp:,}, "
                     f"FP {other_counts.fp:,}, FN {other_counts.fn:,}){note}",
             width="stretch")

@@ -2,37 +2,32 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # lets the page run on its own (streamlit run pages/..., AppTest)
-    sys.path.insert(0, ROOT)
+import numpy as np
+import streamlit as st
 
-import numpy as np  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from core import app_support as support  # noqa: E402
-from core.errors import UNetLabError  # noqa: E402
-from core.postprocess import METHODS, postprocess  # noqa: E402
-from core.runs import Registry  # noqa: E402
-
-
-@st.cache_resource(show_spinner="Loading the model...", max_entries=8)
-def cached_model(checkpoint: str, modified: float):
-    return support.load_run_model(checkpoint)
+from app_shared import cached_model
+from core.datasets.io import MAX_UPLOAD_PIXELS, UPLOAD_SUFFIXES, read_upload
+from core.errors import UNetLabError
+from core.overlays import label_overlay, labels_download, mask_download, mask_overlay, probability_image
+from core.postprocess import METHODS, postprocess, postprocess_parameters
+from core.runs import Registry
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def decoded_upload(name: str, data: bytes) -> np.ndarray:
-    return support.read_upload(name, data)
+    return read_upload(name, data)
 
 
 @st.cache_data(show_spinner="Predicting (tiled)...", max_entries=8)
 def predicted(checkpoint: str, modified: float, name: str, data: bytes, tile_size: int, flip_tta: bool):
+    from core.inference import predict_image  # torch loads only once an image is uploaded
+
     image = decoded_upload(name, data)
-    result = support.predict_image(cached_model(checkpoint, modified), image, tile_size, flip_tta)
+    result = predict_image(cached_model(checkpoint, modified), image, tile_size=tile_size, flip_tta=flip_tta,
+                           source="the uploaded image")
     return result.probability, result.seconds, result.tiles
 
 
@@ -45,7 +40,7 @@ def instances(probability: np.ndarray, method: str, params: tuple) -> tuple[np.n
 
 st.title("Segment")
 st.markdown("Upload a PNG, JPEG or TIFF image (8 or 16 bit; grey, RGB or RGBA; any size up to "
-            f"{support.MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels, predicted tile by tile), pick a trained model, "
+            f"{MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels, predicted tile by tile), pick a trained model, "
             "and download the mask and the instance label image.")
 
 registry = Registry()
@@ -62,7 +57,7 @@ run_id = top[0].selectbox("Trained model", list(labels), format_func=labels.get,
 run = by_id[run_id]
 # No `type=` filter: Streamlit would refuse other files with an exception; read_upload names the problem.
 uploaded = top[1].file_uploader("Image (PNG, JPEG or TIFF)", key="upload",
-                                help="8 or 16 bit; grey, RGB or RGBA; " + ", ".join(support.UPLOAD_SUFFIXES))
+                                help="8 or 16 bit; grey, RGB or RGBA; " + ", ".join(UPLOAD_SUFFIXES))
 
 with st.sidebar:
     st.header("Segmentation settings")
@@ -70,7 +65,7 @@ with st.sidebar:
                           float(run.config.threshold), 0.01, key="segment_threshold")
     method = st.selectbox("Post-processing (instances)", list(METHODS), key="segment_method")
     params: dict = {"threshold": threshold}
-    for parameter in support.postprocess_parameters(method):
+    for parameter in postprocess_parameters(method):
         name, default = parameter["name"], parameter["default"]
         label, key = name.replace("_", " "), f"param-{method}-{name}"
         if isinstance(default, bool):
@@ -112,14 +107,14 @@ st.caption(f"{uploaded.name}: {width} x {height} pixels, {image.shape[2]} channe
            f"(model expects {loaded.channels}); model from run {run.id}, epoch {loaded.epoch}.")
 
 views = st.columns(3)
-views[0].image(support.label_overlay(image, labels_image, opacity), caption=f"instances ({method})", width="stretch")
-views[1].image(support.mask_overlay(image, mask, opacity), caption=f"mask at threshold {threshold:g}", width="stretch")
-views[2].image(support.probability_image(probability), caption="probability (viridis)", width="stretch")
+views[0].image(label_overlay(image, labels_image, opacity), caption=f"instances ({method})", width="stretch")
+views[1].image(mask_overlay(image, mask, opacity), caption=f"mask at threshold {threshold:g}", width="stretch")
+views[2].image(probability_image(probability), caption="probability (viridis)", width="stretch")
 
 stem = Path(uploaded.name).stem
 downloads = st.columns(2)
-downloads[0].download_button("Download the mask (PNG, 0/255)", support.mask_download(mask),
+downloads[0].download_button("Download the mask (PNG, 0/255)", mask_download(mask),
                              file_name=f"{stem}-mask.png", mime="image/png", key="download_mask")
-label_bytes, suffix, mime = support.labels_download(labels_image)
+label_bytes, suffix, mime = labels_download(labels_image)
 downloads[1].download_button(f"Download the label image ({suffix[1:].upper()}, 0 = background)", label_bytes,
                              file_name=f"{stem}-labels{suffix}", mime=mime, key="download_labels")

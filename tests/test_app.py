@@ -92,7 +92,7 @@ def test_train_page_reports_bad_settings_and_folders(tmp_path):
 
 
 def test_train_page_registers_a_folder_and_selects_it(tmp_path):
-    from test_app_support import write_folder
+    from test_user_datasets import write_folder
 
     root = write_folder(tmp_path / "my-cells", n=4)
     at = app("pages/1_Train.py").run()

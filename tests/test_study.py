@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.config import RunConfig
+from core.config import ConfigError, RunConfig
 from core.errors import UNetLabError
 from core.metrics import METRIC_NAMES
 from core.paths import PROJECT_ROOT
@@ -26,9 +26,9 @@ from core.report import (
 )
 from core.runs import Registry, process_alive
 from core.study import (
-    PAPER_EPOCHS_GUESS, RunState, StudyDefinition, StudyGrid, check_study_name, decide_action, estimate_eta,
-    grid_configs, load_study, parse_augmentations, parse_fractions, parse_roots, plan_study, preset_settings,
-    run_identity, save_study, study_names, validate_grid,
+    PAPER_EPOCHS_GUESS, RunState, StudyDefinition, StudyGrid, check_study_name, configs_for_grid, decide_action,
+    estimate_eta, grid_configs, load_study, parse_augmentations, parse_fractions, parse_roots, parse_seeds,
+    plan_study, preset_settings, run_identity, save_study, study_names, validate_grid,
 )
 
 TINY = ["--epochs", "1", "--batch-size", "2", "--patch-size", "64", "--width", "8", "--depth", "3",
@@ -89,6 +89,35 @@ def test_parsers_refuse_bad_input_clearly():
                           (lambda: check_study_name("../x"), "study name")):
         with pytest.raises(UNetLabError, match=message):
             call()
+
+
+def test_configs_for_grid_cover_every_combination_in_order():
+    base = RunConfig(epochs=3, base_width=8)
+    configs = configs_for_grid(base, [0.1, 0.5], ["none", "heavy"], [0, 1, 2], study="s")
+    assert len(configs) == 12
+    assert [(c.train_fraction, c.augmentation, c.seed) for c in configs[:4]] == [
+        (0.1, "none", 0), (0.1, "none", 1), (0.1, "none", 2), (0.1, "heavy", 0)]
+    assert all(c.epochs == 3 and c.base_width == 8 and c.study == "s" for c in configs)
+    assert base.seed == 0 and base.study is None  # the base config is not changed
+
+
+def test_configs_for_grid_refuse_empty_lists_and_bad_values():
+    with pytest.raises(UNetLabError, match="at least one augmentation level"):
+        configs_for_grid(RunConfig(), [0.5], [], [0])
+    with pytest.raises(ConfigError, match="train_fraction"):
+        configs_for_grid(RunConfig(), [0.9], ["none"], [0])
+
+
+@pytest.mark.parametrize("text, seeds", [("0", [0]), ("0, 1,2", [0, 1, 2]), ("0-3", [0, 1, 2, 3]),
+                                         ("2, 0-2", [2, 0, 1]), ("1;3", [1, 3])])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "a", "1.5", "-1", "3-1"])
+def test_parse_seeds_refuses_bad_text(text):
+    with pytest.raises(UNetLabError, match="seed"):
+        parse_seeds(text)
 
 
 def test_validate_grid_reports_dataset_problems_before_queueing(tmp_path):
@@ -357,7 +386,7 @@ def test_study_runs_end_to_end_skips_finished_runs_and_reports(registry, tmp_pat
         assert f"| {stored['curves']['roc_auc']:.4f} |" in line
         assert f"| {stored['instances']['components']['ap50']:.4f} |" in line
     # results.csv is the study table and opens on the Compare page without the registry.
-    from core.app_support import read_results_table
+    from core.tables import read_results_table
 
     saved = read_results_table((out / "results.csv").read_bytes(), "results.csv")
     assert sorted(saved["Run"]) == sorted(table["Run"])

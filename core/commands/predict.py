@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg"}
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def input_files(path: Path) -> list[Path]:
+    from core.datasets.io import IMAGE_SUFFIXES  # here, not at the top: `python -m core --help` stays fast
     from core.errors import UNetLabError
 
     if path.is_dir():

@@ -23,8 +23,6 @@ from pathlib import Path
 
 from core.errors import DatasetError
 
-SUPPORTED_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -54,11 +52,13 @@ def read_image(path: Path):
     """Pixels of a TIFF, PNG or JPEG file as a numpy array (2-D, or 3-D for a TIFF stack)."""
     import numpy as np
 
+    from core.datasets.io import IMAGE_SUFFIXES  # here, not at the top: `python -m core --help` stays fast
+
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise DatasetError(f"{path}: unsupported file type {suffix!r} (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
+    if suffix not in IMAGE_SUFFIXES:
+        raise DatasetError(f"{path}: unsupported file type {suffix!r} (expected one of {', '.join(IMAGE_SUFFIXES)})")
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile
@@ -123,15 +123,17 @@ def pair_files(truth: Path, prediction: Path) -> list[tuple[str, Path, Path]]:
     if not truth.is_dir():
         return [(truth.stem, truth, prediction)]
 
+    from core.datasets.io import IMAGE_SUFFIXES  # here, not at the top: `python -m core --help` stays fast
+
     def images_by_stem(folder: Path) -> dict[str, Path]:
         found: dict[str, Path] = {}
         for path in sorted(folder.iterdir()):
-            if path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES:
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                 if path.stem in found:
                     raise DatasetError(f"{folder}: two images share the stem {path.stem!r} ({found[path.stem].name}, {path.name})")
                 found[path.stem] = path
         if not found:
-            raise DatasetError(f"{folder}: no images ({', '.join(SUPPORTED_SUFFIXES)})")
+            raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
         return found
 
     truth_files, predicted_files = images_by_stem(truth), images_by_stem(prediction)

@@ -82,8 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def grid_from_args(args: argparse.Namespace):
     """The StudyGrid the arguments describe (not yet validated)."""
-    from core.app_support import parse_seeds
-    from core.study import StudyGrid, parse_augmentations, parse_fractions, parse_list, parse_roots
+    from core.study import StudyGrid, parse_augmentations, parse_fractions, parse_list, parse_roots, parse_seeds
 
     grid = StudyGrid(datasets=parse_list(args.datasets, "--datasets"), roots=parse_roots(args.roots),
                      preset=args.preset or "default")
@@ -148,7 +147,7 @@ def run_study(args: argparse.Namespace) -> int:
               f"follow with `python -m core study status {name}`, wait again with "
               f"`python -m core study run --name {name}`, cancel a run with `python -m core cancel RUN_ID`.")
         return 130
-    from core.app_support import format_duration
+    from core.tables import format_duration
 
     print(f"study {name}: {progress.finished} finished, {progress.failed} failed, {progress.cancelled} cancelled"
           + (f"; mean run time {format_duration(progress.mean_run_seconds)}" if progress.mean_run_seconds else ""))
@@ -183,10 +182,10 @@ def list_studies(args: argparse.Namespace) -> int:
 
 
 def show_status(args: argparse.Namespace) -> int:
-    from core.app_support import format_duration, progress_view
     from core.errors import UNetLabError
     from core.runs import Registry
     from core.study import load_study, plan_study, study_progress, study_records
+    from core.tables import format_duration, progress_view
 
     registry = Registry()
     definition = load_study(args.name, registry)
@@ -219,8 +218,8 @@ def show_table(args: argparse.Namespace) -> int:
     if args.csv:
         sys.stdout.write(table.to_csv(index=False))
         return 0
-    from core.app_support import instance_column
     from core.metrics import METRIC_NAMES
+    from core.tables import instance_column
 
     shown = ["Run", "Dataset", "Status", "Train fraction", "Augmentation", "Seed",
              next(c for c in table.columns if c.startswith("Pixel F1 (Dice)")),

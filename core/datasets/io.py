@@ -9,6 +9,8 @@ Three kinds of reader:
 - ``read_label_image``: one mask file as a 2-D non-negative integer (or bool) array. Palette
   PNGs give their palette indices (the NCMIR labels are palette PNGs with indices {0, 1}).
 - ``read_stack``: a multi-page TIFF as (N, H, W).
+- ``read_upload``: an uploaded file (the Segment page), its size checked from the header
+  (``image_dimensions``) before any pixel is decoded.
 
 ``mask_from_labels`` decides whether a label array is a binary mask or an instance-label image.
 Every failure raises :class:`~core.errors.DatasetError` naming the file and the problem.
@@ -17,6 +19,8 @@ Every failure raises :class:`~core.errors.DatasetError` naming the file and the 
 from __future__ import annotations
 
 import io
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,12 @@ import numpy as np
 
 from core.errors import DatasetError
 
+#: Image files the readers take, by name suffix (folders, the CLI, uploads).
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: Files the Segment page accepts (by name suffix): every image the readers take.
+UPLOAD_SUFFIXES: tuple[str, ...] = IMAGE_SUFFIXES
+#: Largest uploaded image segmented (pixels); about 8k x 8k, whose float maps take ~1 GB.
+MAX_UPLOAD_PIXELS: int = 64_000_000
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
@@ -208,6 +217,91 @@ def read_image(path_or_bytes: Any) -> np.ndarray:
         On a missing, unreadable or unsupported file.
     """
     return to_float(read_raw_image(path_or_bytes))
+
+
+# ---- uploads --------------------------------------------------------------------------------
+
+
+def read_upload(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> np.ndarray:
+    """Decode an uploaded image file into float32 (H, W, C) in [0, 1], C = 1 or 3.
+
+    The size is checked from the file header before the pixels are decoded; a TIFF counts
+    the pixels of all its pages, since the decoder would allocate them all.
+
+    Raises
+    ------
+    DatasetError
+        A file type other than PNG, JPEG or TIFF; an empty, unreadable or corrupt file;
+        a stack; more than ``max_pixels`` pixels.
+    """
+    suffix = Path(name).suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        raise DatasetError(f"{name}: file type {suffix or '(none)'} is not supported; "
+                           f"upload a PNG, JPEG or TIFF image ({', '.join(UPLOAD_SUFFIXES)})")
+    if not data:
+        raise DatasetError(f"{name}: the file is empty")
+    pages = _declared_sizes(name, data, max_pixels)
+    total = sum(height * width * planes for height, width, planes in pages)
+    if total > max_pixels:
+        height, width, planes = pages[0]
+        size = (f"{width} x {height} pixels" if len(pages) == 1 and planes == 1
+                else f"{len(pages)} page(s) with {total:,} pixels in all")
+        raise DatasetError(f"{name}: {size} is over the limit of {max_pixels:,} pixels "
+                           f"({_limit_side(max_pixels)}); crop or downscale it first")
+    return read_image(bytes(data))
+
+
+def image_dimensions(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[int, int]:
+    """(height, width) from the header of a PNG / JPEG / TIFF (its first page), without decoding the pixels.
+
+    Raises
+    ------
+    DatasetError
+        When the header cannot be read, or declares an image too large for Pillow to
+        open at all (reported as over the limit of ``max_pixels``).
+    """
+    height, width, _ = _declared_sizes(name, data, max_pixels)[0]
+    return height, width
+
+
+def _limit_side(max_pixels: int) -> str:
+    side = int(math.sqrt(max_pixels))
+    return f"about {side:,} x {side:,}"
+
+
+def _declared_sizes(name: str, data: bytes, max_pixels: int) -> list[tuple[int, int, int]]:
+    """(height, width, planes) of every page the header declares: one for PNG / JPEG, each
+    page of a TIFF (``planes`` > 1 only for volumetric TIFF pages).
+
+    Only headers are read. Pillow's decompression-bomb guard is handled here, locally:
+    its warning (above ``Image.MAX_IMAGE_PIXELS``) is silenced since the caller applies its
+    own, lower limit, and its error (above twice that, raised before the size is known)
+    is reported as an image over the limit. The global ``MAX_IMAGE_PIXELS`` is never changed.
+    """
+    from PIL import Image
+
+    try:
+        if data[:4] in _TIFF_MAGIC:
+            import tifffile
+
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                pages = [(int(page.imagelength), int(page.imagewidth), max(1, int(page.imagedepth or 1)))
+                         for page in tif.pages]
+            if not pages:
+                raise ValueError("no image pages")
+            return pages
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                return [(int(height), int(width), 1)]
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DatasetError(f"{name}: its header declares an image far over the limit of {max_pixels:,} pixels "
+                           f"({_limit_side(max_pixels)}); crop or downscale it first") from None
+    except Exception as error:  # any header failure means the file is not a readable image
+        detail = "" if "cannot identify image file" in str(error) else f" ({type(error).__name__}: {str(error)[:160]})"
+        raise DatasetError(f"{name}: not a readable PNG, JPEG or TIFF image: the file is of another type "
+                           f"or corrupt{detail}") from None
 
 
 # ---- masks ----------------------------------------------------------------------------------

@@ -1,0 +1,87 @@
+"""Tests of core.figures: the grid heatmap, training curves, ROC / PR figures and the one palette."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from core import figures
+from core.metrics import METRIC_NAMES, PixelCurveAccumulator
+from core.tables import grid_summary, operating_point
+
+
+def curves_of(probabilities: np.ndarray, truth: np.ndarray):
+    accumulator = PixelCurveAccumulator()
+    accumulator.update(probabilities, truth)
+    return accumulator.result()
+
+
+def grid_table() -> pd.DataFrame:
+    rows = [("light", 0.1, 0.5), ("light", 0.1, 0.7), ("none", 0.1, 0.4), ("none", 0.5, 0.8),
+            ("none", 0.5, 0.6), ("none", 0.5, 1.0), ("heavy", 0.5, np.nan)]
+    return pd.DataFrame(rows, columns=["Augmentation", "Train fraction", "F1"])
+
+
+def test_grid_heatmap_writes_mean_sd_and_n_in_each_cell():
+    figure = figures.grid_heatmap(grid_summary(grid_table(), "F1"))
+    text = figure.data[0].text
+    assert text[1][0] == "0.600 ± 0.141<br>n = 2"
+    assert text[0][0] == "0.400<br>n = 1"
+    assert text[1][1] == "no runs"
+    assert list(figure.data[0].x) == ["10%", "50%"]
+
+
+def test_roc_pr_figures_show_areas_in_the_legend_and_mark_the_operating_point():
+    rng = np.random.default_rng(2)
+    truth = rng.random((32, 32)) > 0.5
+    curves = {"run A": curves_of(np.where(truth, 0.8, 0.3).astype(np.float32), truth),
+              "run B": curves_of(rng.random((32, 32)).astype(np.float32), truth)}
+    roc, pr = figures.roc_pr_figures(curves, 0.5)
+    names = [trace.name for trace in roc.data if trace.showlegend is not False]
+    assert f"run A ({METRIC_NAMES['roc_auc']} = 1.0000)" in names
+    assert any(name.startswith("run B (ROC-AUC (pixels) = 0.") for name in names)
+    assert any(f"{METRIC_NAMES['average_precision']} = 1.0000" in trace.name for trace in pr.data if trace.name)
+    markers = [trace for trace in roc.data if trace.mode == "markers"]
+    assert len(markers) == 2
+    point = operating_point(curves["run A"], 0.5)
+    assert (markers[0].x[0], markers[0].y[0]) == (point["fpr"], point["tpr"]) == (0.0, 1.0)
+    # Each run keeps its palette colour on both figures.
+    assert [trace.line.color for trace in roc.data[:4:2]] == figures.palette(2)
+    assert [trace.line.color for trace in pr.data[:4:2]] == figures.palette(2)
+
+
+def test_curves_from_arrays_round_trip():
+    truth = np.eye(8, dtype=bool)
+    curves = curves_of(np.where(truth, 0.9, 0.2).astype(np.float32), truth)
+    arrays = {f"curve_{key}": value for key, value in curves.to_dict().items()}
+    arrays["probability_0"] = np.zeros((2, 2), np.float16)
+    rebuilt = figures.curves_from_arrays(arrays)
+    assert rebuilt.roc_auc == curves.roc_auc and np.array_equal(rebuilt.tpr, curves.tpr)
+    assert figures.curves_from_arrays({}) is None
+
+
+def test_training_curves_figure_has_one_trace_per_run_and_panel():
+    history = [{"epoch": 0, "val_loss": 0.7, "val_f1": 0.2},
+               {"epoch": 1, "train_loss": 0.6, "val_loss": 0.5, "val_f1": 0.5},
+               {"epoch": 2, "train_loss": 0.4, "val_loss": 0.4, "val_f1": 0.7}]
+    figure = figures.training_curves_figure({"a": history, "b": history[:2]})
+    assert len(figure.data) == 6
+    train_loss_a = figure.data[0]
+    assert list(train_loss_a.x) == [1, 2] and list(train_loss_a.y) == [0.6, 0.4]  # epoch 0 has no training loss
+    assert list(figure.data[2].y) == [0.2, 0.5, 0.7]
+
+
+def test_palette_is_distinct_then_repeats():
+    assert figures.palette(0) == figures.palette(1) == [figures.PALETTE[0]]
+    colours = figures.palette(len(figures.PALETTE) + 2)
+    assert len(set(colours[:len(figures.PALETTE)])) == len(figures.PALETTE)
+    assert colours[-2:] == list(figures.PALETTE[:2])
+
+
+def test_the_report_colours_levels_from_the_palette():
+    from core.report import fraction_lines_figure
+
+    rows = [{"Dataset": "d", "Train fraction": fraction, "Augmentation": level, "F1": value}
+            for fraction, level, value in ((0.1, "none", 0.5), (0.5, "none", 0.6), (0.1, "heavy", 0.55))]
+    figure = fraction_lines_figure(pd.DataFrame(rows), "d", {"f1": "F1"})
+    assert {trace.name: trace.line.color for trace in figure.data} == dict(zip(["none", "heavy"], figures.palette(2)))

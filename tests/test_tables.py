@@ -1,0 +1,180 @@
+"""Tests of core.tables: the runs, status, grid, operating-point and saved study tables and their text."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import tables
+from core.config import RunConfig
+from core.errors import UNetLabError
+from core.metrics import METRIC_NAMES, PixelCurveAccumulator
+from core.runs import RunRecord
+
+
+def record(run_id: str = "r1", status: str = "finished", **config) -> RunRecord:
+    return RunRecord(id=run_id, config=RunConfig(**config), status=status, created=time.time(), started=None,
+                     finished=None, error=None, pid=None, checkpoint_dir=Path("/nonexistent") / run_id, study=None)
+
+
+def summary(f1: float = 0.8, dsb: float = 0.6) -> dict:
+    return {
+        "split": "val", "split_description": "the run's fixed validation part", "n_images": 5, "epoch": 3,
+        "pixel": {"tp": 80, "fp": 20, "fn": 20, "tn": 880, "precision": 0.8, "recall": 0.8, "f1": f1,
+                  "iou": 0.667, "f1_all_positive": 0.18, "f1_negative": 0.98, "prevalence": 0.1},
+        "curves": {"roc_auc": 0.95, "average_precision": 0.9, "n_positive": 100, "n_negative": 900},
+        "instances": {"components": {"dsb_map": dsb, "paper_map": 0.5, "ap50": 0.7, "tp50": 7, "fp50": 1,
+                                     "fn50": 2}},
+    }
+
+
+def curves_of(probabilities: np.ndarray, truth: np.ndarray):
+    accumulator = PixelCurveAccumulator()
+    accumulator.update(probabilities, truth)
+    return accumulator.result()
+
+
+# ---- the grid --------------------------------------------------------------------------------
+
+
+def grid_table() -> pd.DataFrame:
+    rows = [("light", 0.1, 0.5), ("light", 0.1, 0.7), ("none", 0.1, 0.4), ("none", 0.5, 0.8),
+            ("none", 0.5, 0.6), ("none", 0.5, 1.0), ("heavy", 0.5, np.nan)]
+    return pd.DataFrame(rows, columns=["Augmentation", "Train fraction", "F1"])
+
+
+def test_grid_summary_gives_mean_sd_and_counts_per_cell():
+    grid = tables.grid_summary(grid_table(), "F1")
+    assert list(grid.mean.index) == ["none", "light"]  # level order; the unevaluated heavy run is left out
+    assert list(grid.mean.columns) == [0.1, 0.5]
+    assert grid.mean.loc["light", 0.1] == pytest.approx(0.6)
+    assert grid.sd.loc["light", 0.1] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert grid.mean.loc["none", 0.5] == pytest.approx(0.8)
+    assert grid.sd.loc["none", 0.5] == pytest.approx(0.2)
+    assert np.isnan(grid.sd.loc["none", 0.1])  # one run: no spread
+    assert np.isnan(grid.mean.loc["light", 0.5])
+    assert grid.count.to_dict() == {0.1: {"none": 1, "light": 2}, 0.5: {"none": 3, "light": 0}}
+
+
+def test_grid_summary_refuses_an_unknown_metric():
+    with pytest.raises(UNetLabError, match="no column"):
+        tables.grid_summary(grid_table(), "nope")
+
+
+# ---- progress and tables ---------------------------------------------------------------------
+
+
+def test_progress_view_of_a_running_run():
+    progress = {"epoch": 2, "epochs": 4, "step": 5, "steps_per_epoch": 10, "eta_seconds": 75,
+                "elapsed_seconds": 30, "train_loss": 0.25, "phase": "training"}
+    view = tables.progress_view("running", progress)
+    assert view.fraction == pytest.approx(15 / 40)
+    assert "epoch 2/4" in view.text and "step 5/10" in view.text and "ETA 1 min 15 s" in view.text
+    assert "train loss 0.2500" in view.text
+
+
+def test_progress_view_of_other_states():
+    assert tables.progress_view("queued", {}) == tables.ProgressView(0.0, "queued: waits for a free training slot")
+    assert tables.progress_view("finished", {"epochs": 3}).fraction == 1.0
+    failed = tables.progress_view("failed", {"epoch": 2, "epochs": 4, "step": 0, "steps_per_epoch": 10},
+                                  error="RuntimeError: boom\ntraceback...")
+    assert failed.text == "failed during epoch 2/4: RuntimeError: boom" and failed.fraction == 0.25
+    assert tables.progress_view("running", {}).text.startswith("running: loading data")
+
+
+@pytest.mark.parametrize("seconds, text", [(None, "unknown"), (float("nan"), "unknown"), (4.4, "4 s"),
+                                           (75, "1 min 15 s"), (3725, "1 h 2 min")])
+def test_format_duration(seconds, text):
+    assert tables.format_duration(seconds) == text
+
+
+def test_runs_table_names_metrics_exactly_and_leaves_unevaluated_runs_empty():
+    records = [record("a", train_fraction=0.2, augmentation="heavy", seed=1), record("b", status="running")]
+    table = tables.runs_table(records, {"a": summary(f1=0.8125, dsb=0.625), "b": None})
+    assert list(table["Run"]) == ["a", "b"]
+    f1 = METRIC_NAMES["pixel_f1"]
+    assert table.loc[0, f1] == 0.8125
+    assert table.loc[0, f"{METRIC_NAMES['dsb_map']} [components]"] == 0.625
+    assert table.loc[0, METRIC_NAMES["roc_auc"]] == 0.95
+    assert table.loc[0, METRIC_NAMES["pixel_tp"]] == 80
+    assert table.loc[0, "Validation images"] == 5 and table.loc[0, "Evaluated on"] == "validation part"
+    assert table.loc[0, "Train fraction"] == 0.2 and table.loc[0, "Augmentation"] == "heavy"
+    assert np.isnan(table.loc[1, f1]) and table.loc[1, "Status"] == "running"
+    assert f1 in tables.comparable_metrics(table)
+    assert "Seed" not in tables.comparable_metrics(table)
+
+
+def test_runs_table_pixel_columns_carry_the_threshold():
+    table = tables.runs_table([record("a", threshold=0.3)], {"a": summary()})
+    assert "Pixel F1 (Dice) at threshold 0.3" in table.columns
+
+
+def test_status_table_and_evaluation_state():
+    running = record("a", status="running")
+    running.progress = {"epoch": 1, "epochs": 2, "step": 1, "steps_per_epoch": 2}
+    table = tables.status_table([running])
+    assert table.loc[0, "Progress"].startswith("running: epoch 1/2")
+    finished = record("b")
+    assert tables.evaluation_state(finished, True) == "done"
+    assert tables.evaluation_state(finished, False) == "not done"
+    finished.pid = os.getpid()  # its process is alive: it is evaluating
+    assert tables.evaluation_state(finished, False) == "running"
+
+
+# ---- operating points ------------------------------------------------------------------------
+
+
+def test_operating_point_matches_direct_counts_at_a_stored_threshold():
+    rng = np.random.default_rng(1)
+    truth = rng.random((64, 64)) > 0.7
+    probabilities = np.clip(truth * 0.3 + rng.random((64, 64)) * 0.7, 0, 1).astype(np.float32)
+    curves = curves_of(probabilities, truth)
+    stored = float(curves.thresholds[len(curves.thresholds) // 2])
+    point = tables.operating_point(curves, stored - 1e-7)  # just below a stored threshold: that point
+    assert point["threshold"] == stored
+    predicted = probabilities >= stored
+    assert point["tpr"] == pytest.approx((predicted & truth).sum() / truth.sum())
+    assert point["fpr"] == pytest.approx((predicted & ~truth).sum() / (~truth).sum())
+    assert point["precision"] == pytest.approx((predicted & truth).sum() / predicted.sum())
+    assert tables.operating_point(curves, 2.0)["tpr"] == 0.0  # above every probability: nothing positive
+    assert tables.operating_point(curves, 0.0)["tpr"] == 1.0
+
+
+def test_operating_points_table_has_one_row_per_run_with_its_pixel_counts():
+    rng = np.random.default_rng(2)
+    truth = rng.random((32, 32)) > 0.5
+    curves = {"run A": curves_of(np.where(truth, 0.8, 0.3).astype(np.float32), truth),
+              "run B": curves_of(rng.random((32, 32)).astype(np.float32), truth)}
+    table = tables.operating_points_table(curves, 0.5)
+    assert list(table["Run"]) == ["run A", "run B"] and table.loc[0, "Positive pixels"] == truth.sum()
+
+
+# ---- saved study tables ----------------------------------------------------------------------
+
+
+def test_read_results_table_accepts_a_study_table_and_names_what_is_wrong():
+    from core.tables import read_results_table
+
+    good = b"Run,Dataset,Train fraction,Augmentation,Seed,Pixel F1 (Dice) at threshold 0.5,Batch size\n" \
+           b"r1,isbi2012,0.1,none,0,0.93,8\n"
+    table = read_results_table(good, "good.csv")
+    assert tables.comparable_metrics(table) == ["Pixel F1 (Dice) at threshold 0.5"]  # a setting is not a metric
+    with pytest.raises(UNetLabError, match="bad.csv: not a study table.*Seed"):
+        read_results_table(b"Run,Dataset,Train fraction,Augmentation\nr1,x,0.1,none\n", "bad.csv")
+    with pytest.raises(UNetLabError, match="no evaluated run"):
+        read_results_table(b"Run,Dataset,Train fraction,Augmentation,Seed,ROC-AUC (pixels),Pixel F1 (Dice) at threshold 0.5\n"
+                           b"r1,x,0.1,none,0,,0.9\n", "no-roc.csv")
+    blank = read_results_table(good + b"r2,,0.1,none,1,0.5,8\n", "blank-dataset.csv")
+    assert list(blank["Run"]) == ["r1"]
+    with pytest.raises(UNetLabError, match="no evaluated run"):
+        read_results_table(b"Run,Dataset,Train fraction,Augmentation,Seed,Pixel F1 (Dice) at threshold 0.5\n"
+                           b"r1,x,0.1,none,0,\n", "empty.csv")
+    with pytest.raises(UNetLabError, match="non-numbers"):
+        read_results_table(b"Run,Dataset,Train fraction,Augmentation,Seed,F\nr1,x,ten,none,0,1\n", "text.csv")
+    with pytest.raises(UNetLabError, match="not a readable CSV"):
+        read_results_table(b"", "blank.csv")
