@@ -8,16 +8,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import ConfigError
 
 AUGMENTATION_LEVELS = ("none", "light", "medium", "heavy")
+#: Train fractions offered as one-click presets beside the Train page's slider.
+TRAIN_FRACTION_PRESETS: tuple[float, ...] = (0.1, 0.2, 0.5, 0.8)
 LOSSES = ("bce", "bce+dice")
 LR_SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: How the labelled pool is split (core.datasets.split): "auto" = contiguous block with a gap for
+#: stacks of slices, whole groups when group_pattern is set, else random; "random" = the only split
+#: before stacks were handled, which every run stored without a split_strategy used.
+SPLIT_STRATEGIES = ("auto", "random", "block", "groups")
 
 
 
@@ -35,6 +42,8 @@ class RunConfig:
     image_size: int | None = None  # resize every image to (image_size, image_size) on load
     train_fraction: float = 0.5
     validation_fraction: float = 0.2
+    split_strategy: str = "auto"  # see SPLIT_STRATEGIES; from_dict gives stored runs without it "random"
+    group_pattern: str | None = None  # regex on file stems; its first group (or the match) names an image's group
     augmentation: str = "light"
     epochs: int = 10
     steps_per_epoch: int = 25
@@ -61,6 +70,12 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Check every setting; raise ConfigError naming the first bad one."""
         checks = [
+            # The dataset name becomes part of the run id, a folder name: no path, only a name.
+            (
+                isinstance(self.dataset, str) and self.dataset[:1].isalnum()
+                and all(c.isascii() and (c.isalnum() or c in "._-") for c in self.dataset),
+                f"dataset must be a dataset name (see `datasets list`), not a path: got {self.dataset!r}",
+            ),
             (0 < self.validation_fraction < 1, "validation_fraction must be in (0, 1)"),
             (
                 0 < self.train_fraction <= 1 - self.validation_fraction + 1e-9,
@@ -83,10 +98,17 @@ class RunConfig:
             (0 < self.threshold < 1, "threshold must be in (0, 1)"),
             (self.tile_size >= 32, "tile_size must be at least 32"),
             (self.image_size is None or self.image_size >= 16, "image_size must be at least 16"),
+            (isinstance(self.seed, int) and self.seed >= 0, f"seed must be 0 or more, got {self.seed}"),
+            (self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
+            (self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+             f"weight_decay must be 0 or more, got {self.weight_decay:g}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"invalid run setting: {message}")
+        problem = split_setting_problem(self.split_strategy, self.group_pattern)
+        if problem:
+            raise ConfigError(f"invalid run setting: {problem}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,7 +119,14 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
-        """Build from a stored dict; unknown keys (from newer versions) go to ``extra``."""
+        """Build from a stored dict; unknown keys (from newer versions) go to ``extra``.
+
+        A dict without ``split_strategy`` was stored before splits knew about stacks and groups,
+        when every run was validated on a random split: it loads as ``"random"`` so the run's
+        split (and so its validation scores) is reproduced, not re-cut as ``"auto"``.
+        """
+        if "split_strategy" not in values:
+            values = {**values, "split_strategy": "random"}
         known = {f.name for f in dataclasses.fields(cls)}
         config = cls(**{k: v for k, v in values.items() if k in known})
         config.extra.update({k: v for k, v in values.items() if k not in known})
@@ -106,3 +135,21 @@ class RunConfig:
     def label(self) -> str:
         """Short human label, e.g. ``synthetic-nuclei 50% light s0``."""
         return f"{self.dataset} {self.train_fraction:.0%} {self.augmentation} s{self.seed}"
+
+
+def split_setting_problem(strategy: Any, group_pattern: Any) -> str | None:
+    """What is wrong with a run's ``split_strategy`` / ``group_pattern`` pair, or None."""
+    if strategy not in SPLIT_STRATEGIES:
+        return f"split_strategy must be one of {SPLIT_STRATEGIES}, got {strategy!r}"
+    if group_pattern is None:
+        return "split_strategy 'groups' needs a group_pattern" if strategy == "groups" else None
+    if not isinstance(group_pattern, str) or not group_pattern:
+        return f"group_pattern must be a non-empty regular expression or None, got {group_pattern!r}"
+    try:
+        re.compile(group_pattern)
+    except re.error as error:
+        return f"group_pattern {group_pattern!r} is not a valid regular expression: {error}"
+    if strategy in ("random", "block"):
+        return (f"group_pattern {group_pattern!r} is set but split_strategy is {strategy!r}; "
+                "use 'groups' or 'auto' to split by group")
+    return None

@@ -72,23 +72,25 @@ class Evaluation:
 
 
 def evaluation_images(run_id: str, split_name: str, registry: Registry):
-    """(dataset, indices) of the images a run is evaluated on.
+    """(dataset, indices, description) of the images a run is evaluated on.
 
-    ``val``: the run's fixed validation part. ``test``: the dataset's official test split,
-    which training never sees.
+    ``val``: the run's fixed validation part, cut as the run was (its ``split_strategy`` and
+    ``group_pattern``); ``description`` is that Split's sentence (strategy, validation images,
+    gap). ``test``: the dataset's official test split, which training never sees.
     """
     from core.datasets import load_dataset, split
 
     config = registry.get_run(run_id).config
     if split_name == "val":
         dataset = load_dataset(config.dataset, config.root, split="train", size=config.image_size)
-        parts = split(dataset, config.train_fraction, config.seed, config.validation_fraction)
-        return dataset, list(parts.validation)
+        parts = split(dataset, config.train_fraction, config.seed, config.validation_fraction,
+                      strategy=config.split_strategy, group_pattern=config.group_pattern)
+        return dataset, list(parts.validation), parts.description
     if split_name == "test":
         dataset = load_dataset(config.dataset, config.root, split="test", size=config.image_size)
         if not dataset.has_masks:
             raise RunError(f"the test split of {config.dataset} has no labels, so it cannot be scored")
-        return dataset, list(range(len(dataset)))
+        return dataset, list(range(len(dataset))), "the dataset's official test split (never trained on)"
     raise RunError(f"unknown split {split_name!r}; use 'val' (the run's validation part) or 'test'")
 
 
@@ -127,7 +129,7 @@ def evaluate_run(
     started = time.time()
     config = record.config
     loaded = load_model(path, device=config.device)
-    dataset, indices = evaluation_images(run_id, split, registry)
+    dataset, indices, split_description = evaluation_images(run_id, split, registry)
     methods = tuple(methods or METHODS)
     membrane = dataset.spec.kind == "membrane"
 
@@ -167,8 +169,7 @@ def evaluate_run(
     summary: dict[str, Any] = {
         "run_id": run_id,
         "split": split,
-        "split_description": ("the run's fixed validation part of the training images" if split == "val"
-                              else "the dataset's official test split (never trained on)"),
+        "split_description": split_description,
         "dataset": config.dataset,
         "positive_class": dataset.spec.positive_class,
         "kind": dataset.spec.kind,

@@ -441,8 +441,8 @@ def image_strip(cells: Mapping[tuple[str, float], str], registry: Registry, tile
         return None
     sample = load_dataset(config.dataset, config.root, split="train", size=config.image_size)[index]
     levels = list(dict.fromkeys(level for level, _ in sorted(cells, key=lambda k: k[1])))
-    levels = [level for level in ("none", "light", "medium", "heavy") if level in levels] + \
-             [level for level in levels if level not in ("none", "light", "medium", "heavy")]
+    levels = [level for level in AUGMENTATION_LEVELS if level in levels] + \
+             [level for level in levels if level not in AUGMENTATION_LEVELS]
     fractions = sorted({fraction for _, fraction in cells})
     band = 16
 
@@ -473,21 +473,29 @@ def image_strip(cells: Mapping[tuple[str, float], str], registry: Registry, tile
     return np.asarray(strip), caption
 
 
-def study_times(table: Any) -> dict[str, Any]:
-    """Sum of run times, and first start to last finish (times of each run's last (re)start)."""
-    seconds = table[RUN_TIME_COLUMN].dropna()
-    starts = [time.mktime(time.strptime(s, "%Y-%m-%d %H:%M:%S")) for s in table["Started"] if s]
-    ends = []
-    for finished, run_seconds, started in zip(table["Training finished"], table[RUN_TIME_COLUMN],
-                                              table["Started"]):
-        if started and not math.isnan(run_seconds):
-            ends.append(time.mktime(time.strptime(started, "%Y-%m-%d %H:%M:%S")) + run_seconds)
-        elif finished:
-            ends.append(time.mktime(time.strptime(finished, "%Y-%m-%d %H:%M:%S")))
-    span = (max(ends) - min(starts)) if starts and ends else float("nan")
-    return {"sum_seconds": float(seconds.sum()) if len(seconds) else float("nan"), "span_seconds": span,
+def study_times(records: Sequence[Any], evaluations: Mapping[str, Any]) -> dict[str, Any]:
+    """Sum of run times, and first start to last finish, from the registry's stored timestamps.
+
+    Each run counts from its last (re)start to the end of its evaluation (training's end when
+    it has none yet), as :func:`core.study.run_seconds` does.
+    """
+    from core.study import run_seconds
+
+    durations, starts, ends = [], [], []
+    for record in records:
+        if record.started is None:
+            continue
+        seconds = run_seconds(record, evaluations.get(record.id))
+        starts.append(record.started)
+        if seconds is not None:
+            durations.append(seconds)
+            ends.append(record.started + seconds)
+        elif record.finished is not None:
+            ends.append(record.finished)
+    return {"sum_seconds": float(sum(durations)) if durations else float("nan"),
+            "span_seconds": (max(ends) - min(starts)) if starts and ends else float("nan"),
             "first_start": min(starts) if starts else None, "last_finish": max(ends) if ends else None,
-            "n_timed": int(len(seconds))}
+            "n_timed": len(durations)}
 
 
 # --------------------------------------------------------------------------------------
@@ -500,9 +508,228 @@ th:first-child,td:first-child{text-align:left}thead{background:#f0f0f0}code,pre{
 pre{white-space:pre-wrap}img{max-width:100%}.note{color:#555;font-size:13px}"""
 
 
+@dataclass
+class Document:
+    """The report as it is written: Markdown lines and HTML fragments, kept in step."""
+
+    markdown: list[str] = field(default_factory=list)
+    body: list[str] = field(default_factory=list)
+    figures: int = 0
+
+    def heading(self, title: str, level: int = 2) -> None:
+        self.markdown.extend([f"{'#' * level} {title}", ""])
+        self.body.append(f"<h{level}>{html.escape(title)}</h{level}>")
+
+    def paragraph(self, text: str) -> None:
+        self.markdown.extend([text, ""])
+        self.body.append(f"<p class='note'>{html.escape(text)}</p>")
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self.markdown.extend([markdown_table(header, rows), ""])
+        self.body.append(html_table(header, rows))
+
+    def code(self, lines: Sequence[str]) -> None:
+        self.markdown.extend(["```bash", *lines, "```", ""])
+        self.body.append("<pre>" + html.escape("\n".join(lines)) + "</pre>")
+
+    def figure(self, figure: Any, markdown_note: str | None = None) -> None:
+        """An interactive figure in the HTML (plotly.js inlined once); a note in the Markdown."""
+        self.figures += 1
+        self.body.append(figure.to_html(full_html=False, include_plotlyjs="inline" if self.figures == 1 else False))
+        if markdown_note:
+            self.markdown.extend([markdown_note, ""])
+
+    def image(self, path: Path, data: bytes, alt: str, caption: str) -> None:
+        """A PNG written beside the report, linked from the Markdown and embedded in the HTML."""
+        path.write_bytes(data)
+        self.markdown.extend([f"![{alt}]({path.name})", "", caption, ""])
+        self.body.append(f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
+        self.body.append(f"<p class='note'>{html.escape(caption)}</p>")
+
+    def html_page(self, title: str) -> str:
+        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                f"<style>{CSS}</style></head><body>{''.join(self.body)}</body></html>")
+
+
+@dataclass
+class StudyInput:
+    """Everything the report reads, loaded once: the study's runs, evaluations and table."""
+
+    name: str
+    registry: Any
+    method: str
+    records: list[Any]
+    evaluations: dict[str, Any]
+    table: Any
+    definition: Any
+    columns: dict[str, str]
+    datasets: list[str]
+    fractions: list[float]
+    levels: list[str]
+    fraction: float
+    level: str
+
+
+def load_study_input(name: str, registry: Registry, method: str, fraction: float | None,
+                     level: str | None) -> StudyInput:
+    """Read a study's runs and evaluations and check the chosen Table 1 setting."""
+    from core.study import load_study, stored_evaluations, study_records, study_table
+
+    records = study_records(name, registry)
+    evaluations = stored_evaluations(records, registry)
+    table = study_table(name, registry, method=method, records=records, evaluations=evaluations)
+    fractions = sorted(set(float(f) for f in table["Train fraction"]))
+    levels = list(dict.fromkeys(table["Augmentation"]))
+    fraction = fractions[0] if fraction is None else float(fraction)
+    if not any(math.isclose(fraction, f) for f in fractions):
+        raise UNetLabError(f"--fraction {fraction:g}: the study has train fractions {', '.join(f'{f:g}' for f in fractions)}")
+    level = level or ("none" if "none" in levels else levels[0])
+    if level not in levels:
+        raise UNetLabError(f"--level {level}: the study has augmentation levels {', '.join(levels)}")
+    return StudyInput(name=name, registry=registry, method=method, records=records, evaluations=evaluations,
+                      table=table, definition=load_study(name, registry), columns=metric_columns(table, method),
+                      datasets=list(dict.fromkeys(table["Dataset"])), fractions=fractions, levels=levels,
+                      fraction=fraction, level=level)
+
+
+def write_overview(doc: Document, study: StudyInput) -> None:
+    from core.tables import format_time
+
+    evaluated = study.table[study.columns["roc_auc"]].notna()
+    doc.markdown.extend([f"# Study {study.name}", ""])
+    doc.body.append(f"<h1>{html.escape(f'Study {study.name}')}</h1>")
+    doc.paragraph(f"{len(study.table)} runs on {', '.join(study.datasets)}; {int(evaluated.sum())} evaluated on "
+                  f"their fixed validation part (best checkpoint). Instance scores use post-processing "
+                  f"'{study.method}'. Report written {format_time(time.time())}.")
+
+
+def write_machine_and_time(doc: Document, study: StudyInput) -> None:
+    from core.study import describe_machine, machine_info
+    from core.tables import format_duration, format_time
+
+    doc.heading("Machine, wall time and command")
+    grids = study.definition.grids if study.definition else []
+    machines = list(dict.fromkeys(describe_machine(grid.machine) for grid in grids if grid.machine))
+    if not machines:
+        machines = [describe_machine(machine_info()) + " (the machine writing this report; none was recorded)"]
+    times = study_times(study.records, study.evaluations)
+    span = format_duration(times["span_seconds"])
+    if times["first_start"]:
+        span += f" ({format_time(times['first_start'])} to {format_time(times['last_finish'])})"
+    doc.table(["", ""], [["machine", "; ".join(machines)],
+                         ["sum of run times (training + evaluation)",
+                          format_duration(times["sum_seconds"]) + f" over {times['n_timed']} runs"],
+                         ["first start to last finish", span]])
+    doc.paragraph("Run times count from each run's last (re)start, so a resumed run counts its last part only. "
+                  "The worker starts the next run while the previous one is being evaluated, so the sum of run "
+                  "times can exceed the span from first start to last finish.")
+    commands = [grid.command for grid in grids if grid.command]
+    if commands:
+        doc.code(commands)
+    else:
+        doc.paragraph("No command recorded (the study was launched from the app's Train page).")
+
+
+def write_table1(doc: Document, study: StudyInput) -> None:
+    doc.heading(f"The paper's Table 1, redone: train fraction {study.fraction:.0%}, augmentation {study.level}")
+    header, rows, notes = table1(study.table, study.datasets, study.fraction, study.level, study.method)
+    doc.table(header, rows)
+    for note in notes:
+        doc.paragraph(note)
+
+
+def write_methods(doc: Document, study: StudyInput) -> None:
+    from core.postprocess import METHODS
+    from core.study import study_table
+
+    doc.heading(f"Post-processing methods side by side: train fraction {study.fraction:.0%}, "
+                f"augmentation {study.level}")
+    tables = {other: study.table if other == study.method
+              else study_table(study.name, study.registry, method=other, records=study.records,
+                               evaluations=study.evaluations)
+              for other in METHODS}
+    doc.table(*methods_table(tables, study.datasets, study.fraction, study.level))
+    doc.paragraph("The same probability maps split into objects three ways: 'components' (connected components "
+                  "after hole filling and small-object removal), 'watershed' (distance-transform peaks as markers) "
+                  "and 'kmeans-watershed' (the paper's: K-means on each component's pixel coordinates, K by the "
+                  "elbow of the SSE curve, centres as markers). Pixel scores do not depend on it.")
+
+
+def write_dataset(doc: Document, study: StudyInput, dataset: str, out: Path) -> list[Path]:
+    """Grids with seed-noise marks, level-vs-none effects, lines, curves and an image strip."""
+    from core.figures import curves_from_arrays, grid_heatmap, roc_pr_figures
+    from core.overlays import png_bytes
+    from core.tables import grid_summary
+
+    table, columns = study.table, study.columns
+    doc.heading(dataset)
+    rows_of = table[table["Dataset"] == dataset]
+    if rows_of[columns["roc_auc"]].notna().sum() == 0:
+        doc.paragraph("No evaluated runs yet.")
+        return []
+    membrane = (is_membrane_dataset(dataset) and columns["membrane_f1"] in table
+                and rows_of[columns["membrane_f1"]].notna().any())
+    metrics_here = {key: columns[key] for key in ["pixel_f1", *(["membrane_f1"] if membrane else []), "dsb_map", "ap50"]}
+    for metric in metrics_here.values():
+        doc.heading(metric, 3)
+        header, rows, notes = grid_rows(grid_table(table, dataset, metric))
+        doc.table(header, rows)
+        for note in notes:
+            doc.paragraph(note)
+        doc.figure(grid_heatmap(grid_summary(rows_of, metric), title=f"{dataset}: {metric}, mean ± sd over seeds"))
+    header, rows = augmentation_effects(table, dataset, list(metrics_here.values()))
+    if rows:
+        doc.heading("Does augmentation help? Each level against none at the same train fraction", 3)
+        doc.table(header, rows)
+        doc.paragraph("Difference of the means over seeds (positive: the level scores higher than no "
+                      f"augmentation) and, where both cells have two or more seeds, Welch's t-test p; p < "
+                      f"{NOISE_ALPHA} is a difference beyond seed noise. With two seeds per cell only large, "
+                      "consistent differences reach it, and p ≥ 0.05 does not mean the levels are equal.")
+    doc.heading("Metrics versus train fraction", 3)
+    doc.figure(fraction_lines_figure(table, dataset, metrics_here),
+               "(figure in report.html: one line per augmentation level, error bars = sd over seeds)")
+
+    cells = representative_runs(table, dataset)
+    curves = {}
+    for (level, fraction), run_id in sorted(cells.items(), key=lambda item: (item[0][1], study.levels.index(item[0][0]))):
+        stored = curves_from_arrays(study.registry.evaluation_arrays(run_id, "val"))
+        if stored is not None:
+            curves[f"{level} {fraction:.0%}"] = stored
+    if curves:
+        doc.heading("ROC and precision-recall curves (pixels)", 3)
+        roc, pr = roc_pr_figures(curves, float(rows_of["Threshold"].mode().iloc[0]))
+        seed = int(rows_of.loc[rows_of[columns["roc_auc"]].notna(), "Seed"].min())
+        doc.figure(roc)
+        doc.figure(pr, f"(figures in report.html: one curve per cell, seed {seed} runs)")
+    strip = image_strip(cells, study.registry)
+    if strip is None:
+        return []
+    doc.heading("The same validation image across the grid", 3)
+    rgb, caption = strip
+    path = out / f"strip_{re.sub(r'[^A-Za-z0-9._-]', '_', dataset)}.png"
+    doc.image(path, png_bytes(rgb), f"{dataset} strip", caption)
+    return [path]
+
+
+def write_every_run(doc: Document, study: StudyInput) -> None:
+    from core.tables import format_duration
+
+    doc.heading("Every run")
+    keys = ["pixel_f1", "dsb_map", "paper_map", "ap50", "roc_auc", "average_precision"]
+    header = ["Run", "Dataset", "Train fraction", "Augmentation", "Seed", "Status", "Epochs",
+              *(study.columns[key] for key in keys), "Run time"]
+    rows = [[row["Run"], row["Dataset"], f"{row['Train fraction']:.0%}", row["Augmentation"], row["Seed"],
+             row["Status"], row["Epochs"], *(number(row[study.columns[key]]) for key in keys),
+             format_duration(row[RUN_TIME_COLUMN])] for _, row in study.table.iterrows()]
+    doc.table(header, rows)
+    doc.paragraph("Scores on each run's fixed validation part (never trained on); pixel scores sum TP/FP/FN over "
+                  "the validation images; mAPs are means over images. '-': not evaluated. Every setting and metric "
+                  "of every run: results.csv (the Compare page can show its grid without the registry).")
+
+
 def build_report(name: str, out_dir: str | Path, registry: Registry | None = None, method: str = "components",
                  fraction: float | None = None, level: str | None = None) -> ReportFiles:
-    """Write the study's HTML report, Markdown summary and image strips into ``out_dir``.
+    """Write the study's HTML report, Markdown summary, results table and image strips into ``out_dir``.
 
     Parameters
     ----------
@@ -517,184 +744,23 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
     UNetLabError
         No runs in the study, or a chosen fraction / level that the study does not have.
     """
-    from core.figures import curves_from_arrays, grid_heatmap, roc_pr_figures
-    from core.overlays import png_bytes
-    from core.postprocess import METHODS
     from core.runs import Registry
-    from core.study import (describe_machine, load_study, machine_info, stored_evaluations, study_records,
-                            study_table)
-    from core.tables import format_duration, format_time, grid_summary
 
-    registry = registry or Registry()
-    records = study_records(name, registry)
-    evaluations = stored_evaluations(records, registry)
-    table = study_table(name, registry, method=method, records=records, evaluations=evaluations)
-    definition = load_study(name, registry)
+    study = load_study_input(name, registry or Registry(), method, fraction, level)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    columns = metric_columns(table, method)
-    datasets = list(dict.fromkeys(table["Dataset"]))
-    fractions = sorted(set(float(f) for f in table["Train fraction"]))
-    levels = list(dict.fromkeys(table["Augmentation"]))
-    fraction = fractions[0] if fraction is None else float(fraction)
-    if not any(math.isclose(fraction, f) for f in fractions):
-        raise UNetLabError(f"--fraction {fraction:g}: the study has train fractions {', '.join(f'{f:g}' for f in fractions)}")
-    level = level or ("none" if "none" in levels else levels[0])
-    if level not in levels:
-        raise UNetLabError(f"--level {level}: the study has augmentation levels {', '.join(levels)}")
-
-    md: list[str] = []
-    body: list[str] = []
-    figures_written = 0
-
-    def figure_html(figure) -> str:
-        nonlocal figures_written
-        figures_written += 1
-        return figure.to_html(full_html=False, include_plotlyjs="inline" if figures_written == 1 else False)
-
-    def section(title: str, level_: int = 2) -> None:
-        md.extend([f"{'#' * level_} {title}", ""])
-        body.append(f"<h{level_}>{html.escape(title)}</h{level_}>")
-
-    def paragraph(text: str) -> None:
-        md.extend([text, ""])
-        body.append(f"<p class='note'>{html.escape(text)}</p>")
-
-    def both_tables(header, rows) -> None:
-        md.extend([markdown_table(header, rows), ""])
-        body.append(html_table(header, rows))
-
-    evaluated = table[columns["roc_auc"]].notna()
-    title = f"Study {name}"
-    md.extend([f"# {title}", ""])
-    body.append(f"<h1>{html.escape(title)}</h1>")
-    paragraph(f"{len(table)} runs on {', '.join(datasets)}; {int(evaluated.sum())} evaluated on their fixed "
-              f"validation part (best checkpoint). Instance scores use post-processing '{method}'. "
-              f"Report written {format_time(time.time())}.")
-
-    # ---- machine, time, commands
-    section("Machine, wall time and command")
-    machines = list(dict.fromkeys(describe_machine(grid.machine) for grid in (definition.grids if definition else [])
-                                  if grid.machine))
-    if not machines:
-        machines = [describe_machine(machine_info()) + " (the machine writing this report; none was recorded)"]
-    times = study_times(table)
-    rows = [["machine", "; ".join(machines)],
-            ["sum of run times (training + evaluation)", format_duration(times["sum_seconds"])
-             + f" over {times['n_timed']} runs"],
-            ["first start to last finish", format_duration(times["span_seconds"])
-             + (f" ({format_time(times['first_start'])} to {format_time(times['last_finish'])})"
-                if times["first_start"] else "")]]
-    both_tables(["", ""], rows)
-    paragraph("Run times count from each run's last (re)start, so a resumed run counts its last part only. "
-              "The worker starts the next run while the previous one is being evaluated, so the sum of run "
-              "times can exceed the span from first start to last finish.")
-    commands = [grid.command for grid in definition.grids if grid.command] if definition else []
-    if commands:
-        md.extend(["```bash", *commands, "```", ""])
-        body.append("<pre>" + html.escape("\n".join(commands)) + "</pre>")
-    else:
-        paragraph("No command recorded (the study was launched from the app's Train page).")
-
-    # ---- Table 1
-    section(f"The paper's Table 1, redone: train fraction {fraction:.0%}, augmentation {level}")
-    header, rows, notes = table1(table, datasets, fraction, level, method)
-    both_tables(header, rows)
-    for note in notes:
-        paragraph(note)
-
-    # ---- post-processing methods side by side
-    section(f"Post-processing methods side by side: train fraction {fraction:.0%}, augmentation {level}")
-    tables = {other: table if other == method
-              else study_table(name, registry, method=other, records=records, evaluations=evaluations)
-              for other in METHODS}
-    header, rows = methods_table(tables, datasets, fraction, level)
-    both_tables(header, rows)
-    paragraph("The same probability maps split into objects three ways: 'components' (connected components "
-              "after hole filling and small-object removal), 'watershed' (distance-transform peaks as markers) "
-              "and 'kmeans-watershed' (the paper's: K-means on each component's pixel coordinates, K by the "
-              "elbow of the SSE curve, centres as markers). Pixel scores do not depend on it.")
-
-    # ---- per dataset
-    images: list[Path] = []
-    for dataset in datasets:
-        section(f"{dataset}", 2)
-        rows_of = table[table["Dataset"] == dataset]
-        if rows_of[columns["roc_auc"]].notna().sum() == 0:
-            paragraph("No evaluated runs yet.")
-            continue
-        membrane = (is_membrane_dataset(dataset) and columns["membrane_f1"] in table
-                    and rows_of[columns["membrane_f1"]].notna().any())
-        grid_keys = ["pixel_f1", *(["membrane_f1"] if membrane else []), "dsb_map", "ap50"]
-        metrics_here = {key: columns[key] for key in grid_keys}
-        for metric in metrics_here.values():
-            section(metric, 3)
-            grid = grid_table(table, dataset, metric)
-            header, rows, notes = grid_rows(grid)
-            both_tables(header, rows)
-            for note in notes:
-                paragraph(note)
-            body.append(figure_html(grid_heatmap(grid_summary(rows_of, metric),
-                                                 title=f"{dataset}: {metric}, mean ± sd over seeds")))
-        header, rows = augmentation_effects(table, dataset, list(metrics_here.values()))
-        if rows:
-            section("Does augmentation help? Each level against none at the same train fraction", 3)
-            both_tables(header, rows)
-            paragraph("Difference of the means over seeds (positive: the level scores higher than no "
-                      f"augmentation) and, where both cells have two or more seeds, Welch's t-test p; p < "
-                      f"{NOISE_ALPHA} is a difference beyond seed noise. With two seeds per cell only large, "
-                      "consistent differences reach it, and p ≥ 0.05 does not mean the levels are equal.")
-        section("Metrics versus train fraction", 3)
-        body.append(figure_html(fraction_lines_figure(table, dataset, metrics_here)))
-        md.extend(["(figure in report.html: one line per augmentation level, error bars = sd over seeds)", ""])
-
-        cells = representative_runs(table, dataset)
-        curves = {}
-        for (lv, fr), run_id in sorted(cells.items(), key=lambda item: (item[0][1], levels.index(item[0][0]))):
-            stored = curves_from_arrays(registry.evaluation_arrays(run_id, "val"))
-            if stored is not None:
-                curves[f"{lv} {fr:.0%}"] = stored
-        if curves:
-            section("ROC and precision-recall curves (pixels)", 3)
-            threshold = float(rows_of["Threshold"].mode().iloc[0])
-            roc, pr = roc_pr_figures(curves, threshold)
-            body.append(figure_html(roc))
-            body.append(figure_html(pr))
-            seed = int(rows_of.loc[rows_of[columns["roc_auc"]].notna(), "Seed"].min())
-            md.extend([f"(figures in report.html: one curve per cell, seed {seed} runs)", ""])
-        strip = image_strip(cells, registry)
-        if strip is not None:
-            section("The same validation image across the grid", 3)
-            rgb, caption = strip
-            path = out / f"strip_{re.sub(r'[^A-Za-z0-9._-]', '_', dataset)}.png"
-            data = png_bytes(rgb)
-            path.write_bytes(data)
-            images.append(path)
-            md.extend([f"![{dataset} strip]({path.name})", "", caption, ""])
-            body.append(f"<img alt='{html.escape(dataset)} strip' src='data:image/png;base64,"
-                        f"{base64.b64encode(data).decode()}'>")
-            body.append(f"<p class='note'>{html.escape(caption)}</p>")
-
-    # ---- every run
-    section("Every run")
-    keys = ["pixel_f1", "dsb_map", "paper_map", "ap50", "roc_auc", "average_precision"]
-    header = ["Run", "Dataset", "Train fraction", "Augmentation", "Seed", "Status", "Epochs",
-              *(columns[key] for key in keys), "Run time"]
-    rows = []
-    for _, row in table.iterrows():
-        rows.append([row["Run"], row["Dataset"], f"{row['Train fraction']:.0%}", row["Augmentation"], row["Seed"],
-                     row["Status"], row["Epochs"], *(number(row[columns[key]]) for key in keys),
-                     format_duration(row[RUN_TIME_COLUMN])])
-    both_tables(header, rows)
-    paragraph("Scores on each run's fixed validation part (never trained on); pixel scores sum TP/FP/FN over "
-              "the validation images; mAPs are means over images. '-': not evaluated. Every setting and metric "
-              "of every run: results.csv (the Compare page can show its grid without the registry).")
+    doc = Document()
+    write_overview(doc, study)
+    write_machine_and_time(doc, study)
+    write_table1(doc, study)
+    write_methods(doc, study)
+    images = [path for dataset in study.datasets for path in write_dataset(doc, study, dataset, out)]
+    write_every_run(doc, study)
 
     table_path = out / "results.csv"
-    table.to_csv(table_path, index=False)
+    study.table.to_csv(table_path, index=False)
     markdown_path = out / "summary.md"
-    markdown_path.write_text("\n".join(md).rstrip() + "\n")
+    markdown_path.write_text("\n".join(doc.markdown).rstrip() + "\n")
     html_path = out / "report.html"
-    html_path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                         f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
+    html_path.write_text(doc.html_page(f"Study {name}"))
     return ReportFiles(html=html_path, markdown=markdown_path, table=table_path, images=images)

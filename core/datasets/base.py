@@ -16,6 +16,9 @@ import numpy as np
 
 from core.datasets.io import to_float
 
+#: Values of ``DatasetSpec.ordering``.
+ORDERINGS = ("independent", "stack")
+
 
 @dataclass
 class Sample:
@@ -43,6 +46,10 @@ class DatasetSpec:
     ``"objects"`` (separate objects: nuclei, mitochondria). ``"train"`` is always among
     ``splits`` and is the labelled pool that :func:`~core.datasets.split` divides; other splits
     are official held-out sets that are never trained on.
+
+    ``ordering`` is ``"stack"`` when the images are consecutive slices of one volume, in order
+    (neighbours are near-duplicates, so validation is a contiguous block with a gap), or
+    ``"independent"`` (separately acquired images, split at random).
     """
 
     name: str
@@ -55,6 +62,11 @@ class DatasetSpec:
     needs_root: bool
     layout: str
     paper_size: tuple[int, int] | None
+    ordering: str = "independent"
+
+    def __post_init__(self) -> None:
+        if self.ordering not in ORDERINGS:
+            raise ValueError(f"DatasetSpec {self.name!r}: ordering must be one of {ORDERINGS}, got {self.ordering!r}")
 
 
 @dataclass

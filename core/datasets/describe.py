@@ -56,9 +56,10 @@ def describe_dataset(
 
     Returns
     -------
-    dict with keys name, title, root, split, size, kind, positive_class, n_images, shapes,
-    dtype, channels, labelled, foreground_fraction, n_instances, instances_per_image, checks,
-    from_cache, load_seconds, paper_size, splits.
+    dict with keys name, title, root, split, size, kind, ordering, positive_class, n_images,
+    shapes, dtype, channels, labelled, foreground_fraction, n_instances, instances_per_image,
+    checks, from_cache, load_seconds, paper_size, splits. ``ordering`` is ``"stack"`` (ordered
+    slices: runs validate on a contiguous block with a gap) or ``"independent"``.
     """
     spec = get_spec(name)
     started = time.perf_counter()
@@ -84,6 +85,7 @@ def describe_dataset(
         "split": split,
         "size": None if dataset.size is None else list(dataset.size),
         "kind": spec.kind,
+        "ordering": spec.ordering,
         "positive_class": spec.positive_class,
         **summary,
         "load_seconds": round(seconds, 3),

@@ -33,6 +33,7 @@ DSB2018 = DatasetSpec(
     layout="stage1_train/<id>/images/<id>.png (RGBA) with <id>/masks/*.png (one binary PNG per nucleus); "
     "root is the folder holding stage1_train/ or stage1_train/ itself.",
     paper_size=(128, 128),
+    ordering="independent",
 )
 
 

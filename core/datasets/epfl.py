@@ -20,6 +20,7 @@ EPFL = DatasetSpec(
     layout="a folder with training.tif + training_groundtruth.tif and testing.tif + "
     "testing_groundtruth.tif (multi-page TIFF stacks of 768x1024 uint8 pages; labels 255 = mitochondrion).",
     paper_size=(512, 512),
+    ordering="stack",
 )
 
 _FILES = {"train": ["training.tif", "training_groundtruth.tif"], "test": ["testing.tif", "testing_groundtruth.tif"]}

@@ -7,6 +7,11 @@ are its connected components (8-neighbour); or a label image (more than two valu
 instances are its labels, renumbered 1..N, and the mask is ``labels > 0``. JPEG masks are
 lossy, so they are read as binary, thresholded at mid-range. Masks without an image are
 ignored (and counted in ``checks``).
+
+Images are independent (``ordering="independent"``): runs split them at random, unless the run
+sets ``group_pattern``, a regular expression on the file stem whose first capture group names
+the image's group (e.g. ``^(slide[^_]+)_`` for ``slideA_01.png``); then whole groups go to
+validation or training (see :mod:`core.datasets.split`), never a group split across both.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ FOLDER = DatasetSpec(
     layout="a folder with images/ and masks/ side by side; each images/NAME.(png|tif|tiff|jpg|jpeg) has a "
     "masks/NAME.* (8/16-bit; binary 0/255 or 0/1, or an instance-label image with 0 = background).",
     paper_size=None,
+    ordering="independent",
 )
 
 

@@ -27,6 +27,7 @@ ISBI2012 = DatasetSpec(
     layout="a folder with train-volume.tif and train-labels.tif (multi-page TIFF stacks, 30 pages of "
     "512x512 uint8; labels 255 = cell interior, 0 = membrane) and, for the test split, test-volume.tif.",
     paper_size=(512, 512),
+    ordering="stack",
 )
 
 ISBI2013 = DatasetSpec(
@@ -42,6 +43,7 @@ ISBI2013 = DatasetSpec(
     layout="a folder with train-input.tif (multi-page TIFF, uint8 pages) and train-labels.tif "
     "(same page count, uint32 neurite ids) and, for the test split, test-input.tif.",
     paper_size=(512, 512),
+    ordering="stack",
 )
 
 

@@ -29,6 +29,7 @@ NCMIR = DatasetSpec(
     layout="training/images/images.NNN.png with training/labels/mitos_3D.NNN.png (palette PNGs, values "
     "{0,1}, 1 = mitochondrion), and validation/images + validation/labels alike (the \"test\" split).",
     paper_size=(512, 512),
+    ordering="stack",
 )
 
 _FOLDERS = {"train": "training", "test": "validation"}

@@ -45,6 +45,7 @@ def _spec(name: str, title: str, description: str, positive_class: str, kind: st
         needs_root=False,
         layout=_LAYOUT,
         paper_size=None,
+        ordering="independent",
     )
 
 
