@@ -144,11 +144,13 @@ def evaluate_run(
         image_counts = pixel_counts(probability, sample.mask, config.threshold)
         counts = counts + image_counts
         curves.update(probability, sample.mask)
-        truth_labels = sample.instances if sample.instances is not None else binary_to_instances(sample.mask)
+        truth_labels = (sample.instances if sample.instances is not None
+                        else binary_to_instances(sample.mask, connectivity=dataset.spec.connectivity))
         row = {"name": sample.name, "pixel_f1": image_counts.f1, "pixel_tp": image_counts.tp,
                "pixel_fp": image_counts.fp, "pixel_fn": image_counts.fn, "n_truth_objects": int(truth_labels.max())}
         for method in methods:
-            labels = postprocess(probability, method, threshold=config.threshold)
+            labels = postprocess(probability, method, threshold=config.threshold,
+                                 connectivity=dataset.spec.connectivity)
             scores = instance_scores(truth_labels, labels)
             per_method[method].append(scores)
             row[f"dsb_map[{method}]"] = scores.dsb_map

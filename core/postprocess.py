@@ -355,7 +355,8 @@ def postprocess(probabilities: np.ndarray, method: str = "components", **params)
 def postprocess_parameters(method: str) -> list[dict[str, Any]]:
     """The tunable parameters of a method, for a settings form: name, type name and default.
 
-    The threshold (set beside the method) and the random state (fixed for reproducible
+    The connectivity (the dataset kind's rule, :data:`core.datasets.base.CONNECTIVITY`), the
+    threshold (set beside the method) and the random state (fixed for reproducible
     labels) are left out.
 
     Raises
@@ -366,4 +367,4 @@ def postprocess_parameters(method: str) -> list[dict[str, Any]]:
     if method not in PARAMETERS:
         raise MetricInputError(f"unknown post-processing method {method!r}; choose one of {', '.join(PARAMETERS)}")
     return [{"name": item.name, "type": type(item.default).__name__, "default": item.default}
-            for item in fields(PARAMETERS[method]) if item.name not in ("threshold", "random_state")]
+            for item in fields(PARAMETERS[method]) if item.name not in ("threshold", "random_state", "connectivity")]

@@ -26,8 +26,8 @@ def live_probability(checkpoint: str, modified: float, name: str, root: str | No
 
 
 @st.cache_data(show_spinner="Post-processing...", max_entries=64)
-def instances(probability: np.ndarray, method: str, threshold: float) -> np.ndarray:
-    return postprocess(probability, method, threshold=threshold)
+def instances(probability: np.ndarray, method: str, threshold: float, connectivity: int) -> np.ndarray:
+    return postprocess(probability, method, threshold=threshold, connectivity=connectivity)
 
 
 @st.cache_data(show_spinner=False, max_entries=200)
@@ -96,7 +96,7 @@ if truth_labels is not None:
 else:
     method_columns[0].info("This dataset has no instance labels.")
 for column, method in zip(method_columns[1:], METHODS):
-    labels_image = instances(probability, method, threshold)
+    labels_image = instances(probability, method, threshold, dataset.spec.connectivity)
     column.image(label_overlay(sample.image, labels_image, opacity),
                  caption=f"{method}: {int(labels_image.max())} objects", width="stretch")
 

@@ -9,10 +9,12 @@ import numpy as np
 import streamlit as st
 
 from app_shared import cached_model
+from core.datasets.base import CONNECTIVITY
 from core.datasets.io import MAX_UPLOAD_PIXELS, UPLOAD_SUFFIXES, read_upload
 from core.errors import UNetLabError
 from core.overlays import label_overlay, labels_download, mask_download, mask_overlay, probability_image
 from core.postprocess import METHODS, postprocess, postprocess_parameters
+from core.predictions import dataset_kind
 from core.runs import Registry
 
 
@@ -22,13 +24,12 @@ def decoded_upload(name: str, data: bytes) -> np.ndarray:
 
 
 @st.cache_data(show_spinner="Predicting (tiled)...", max_entries=8)
-def predicted(checkpoint: str, modified: float, name: str, data: bytes, tile_size: int, flip_tta: bool):
+def predicted(checkpoint: str, modified: float, name: str, data: bytes, tile_size: int, flip_tta: bool, scale: str):
     from core.inference import predict_image  # torch loads only once an image is uploaded
 
     image = decoded_upload(name, data)
-    result = predict_image(cached_model(checkpoint, modified), image, tile_size=tile_size, flip_tta=flip_tta,
-                           source="the uploaded image")
-    return result.probability, result.seconds, result.tiles
+    return predict_image(cached_model(checkpoint, modified), image, tile_size=tile_size, flip_tta=flip_tta,
+                         source=name, scale=scale)
 
 
 @st.cache_data(show_spinner="Post-processing...", max_entries=16)
@@ -78,6 +79,13 @@ with st.sidebar:
     tile_size = int(st.number_input("Tile size (pixels)", 64, 4096, int(run.config.tile_size), step=64,
                                     key="segment_tile"))
     flip_tta = st.checkbox("Average over flips (4x slower)", False, key="segment_tta")
+    trained_size = run.config.image_size
+    scale = "training"
+    if trained_size:
+        native = st.checkbox(f"Segment at the image's own size (the model was trained on images resized to "
+                             f"{trained_size} x {trained_size}; by default each upload is resized to that size, "
+                             "segmented, and the result resized back)", False, key="segment_native")
+        scale = "native" if native else "training"
 
 if uploaded is None:
     st.info("Upload an image to segment it.")
@@ -87,8 +95,10 @@ checkpoint = run.best_checkpoint
 data = uploaded.getvalue()
 try:
     image = decoded_upload(uploaded.name, data)
-    probability, seconds, tiles = predicted(str(checkpoint), checkpoint.stat().st_mtime, uploaded.name, data,
-                                            tile_size, flip_tta)
+    prediction = predicted(str(checkpoint), checkpoint.stat().st_mtime, uploaded.name, data, tile_size, flip_tta,
+                           scale)
+    probability, seconds, tiles = prediction.probability, prediction.seconds, prediction.tiles
+    params["connectivity"] = CONNECTIVITY[dataset_kind(run.config.dataset)]
     labels_image, post_seconds = instances(probability, method, tuple(sorted(params.items())))
 except (UNetLabError, OSError) as error:
     st.error(f"Cannot segment this image. {error}")
@@ -104,7 +114,8 @@ metrics[2].metric("Prediction time", f"{seconds:.2f} s",
                   help=f"{tiles} tile(s) of up to {tile_size} px on {loaded.device.type}, {loaded.precision}")
 metrics[3].metric("Post-processing time", f"{post_seconds:.2f} s")
 st.caption(f"{uploaded.name}: {width} x {height} pixels, {image.shape[2]} channel(s) "
-           f"(model expects {loaded.channels}); model from run {run.id}, epoch {loaded.epoch}.")
+           f"(model expects {loaded.channels}); {prediction.scale_note()}; model from run {run.id}, "
+           f"epoch {loaded.epoch}.")
 
 views = st.columns(3)
 views[0].image(label_overlay(image, labels_image, opacity), caption=f"instances ({method})", width="stretch")

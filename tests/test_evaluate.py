@@ -92,7 +92,7 @@ def test_predict_command_writes_maps_masks_and_labels(trained_run, tmp_path):
                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stderr[-800:]
     mask = np.asarray(Image.open(out / "cells_mask.png"))
-    labels = np.asarray(Image.open(out / "cells_labels.png"))
+    labels = np.asarray(Image.open(out / "cells_labels-watershed.png"))
     assert mask.shape == sample.mask.shape and set(np.unique(mask)) <= {0, 255}
     # Objects lie inside the mask once its holes are filled (components fills holes by default).
     assert labels.max() >= 1 and ((labels > 0) <= binary_fill_holes(mask > 0)).all()

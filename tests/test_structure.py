@@ -25,10 +25,10 @@ LAYERS: dict[str, int] = {
     # 1: pure building blocks (arrays in, arrays out)
     "core.datasets": 1, "core.metrics": 1, "core.model": 1, "core.augment": 1, "core.postprocess": 1,
     "core.predict": 1, "core.checkpoints": 1, "core.stats": 1, "core.user_datasets": 1,
-    # 2: a model that runs; the run registry
-    "core.inference": 2, "core.runs": 2,
+    # 2: a model that runs; the run registry; scoring files against truth
+    "core.inference": 2, "core.runs": 2, "core.scoring": 2,
     # 3: training, evaluation and the queue that runs them
-    "core.train": 3, "core.evaluate": 3, "core.queue": 3, "core.lifecycle": 3,
+    "core.train": 3, "core.evaluate": 3, "core.queue": 3, "core.lifecycle": 3, "core.predictions": 3,
     # 4: studies, and what is shown of runs: tables, figures, overlays
     "core.study": 4, "core.tables": 4, "core.figures": 4, "core.overlays": 4,
     # 5: the report built from all of the above

@@ -1,4 +1,5 @@
-"""``python -m core predict``: probability maps, masks and instance labels for new images."""
+"""``unetlab predict``: instance labels, masks and (optionally) probability maps for new images,
+every chosen post-processing method from one network pass; with ``--truth``, scored at once."""
 
 from __future__ import annotations
 
@@ -8,29 +9,41 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "predict", help="segment images with a trained checkpoint",
-        description="Writes, per image: NAME_probability.tif (float32), NAME_mask.png (0/255) and "
-                    "NAME_labels.png (16-bit instance labels; .tif above 65,535 objects).",
+        "predict", help="segment images with a trained checkpoint (and score them with --truth)",
+        description="Writes, per image STEM: STEM_labels-METHOD.png (16-bit instance labels of each "
+                    "post-processing method; .tif above 65,535 objects), STEM_mask.png (0/255), optionally "
+                    "STEM_probability.png/.tif, and predictions.json saying how they were made. "
+                    "`unetlab score --prediction` reads the folder as it is.",
     )
     parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
     parser.add_argument("--input", required=True, help="an image file (PNG, TIFF, JPEG) or a folder of them")
     parser.add_argument("--output", required=True, help="folder for the results (created)")
-    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--truth", help="a truth file or folder (same stems): score the predictions right away, "
+                                        "as `unetlab score --truth TRUTH --prediction OUTPUT` would")
+    parser.add_argument("--threshold", type=float, help="foreground threshold in (0, 1) (default: the run's)")
     parser.add_argument("--instances", default="components",
-                        help="post-processing method: components, watershed or kmeans-watershed")
-    parser.add_argument("--tile", type=int, default=512, help="tile size in pixels")
-    parser.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
+                        help="post-processing method(s): components, watershed, kmeans-watershed, a comma-separated "
+                             "list, or all (one network pass for all of them)")
+    parser.add_argument("--scale", choices=("training", "native"), default="training",
+                        help="training (default): resize each image to the size the run was trained at and the "
+                             "results back; native: predict at the image's own size")
+    parser.add_argument("--probabilities", choices=("none", "uint8", "float32"), default="none",
+                        help="also keep the probability maps: uint8 PNG (x 255) or float32 TIFF (large)")
+    parser.add_argument("--tile", type=int, help="tile size in pixels (default: the run's)")
+    parser.add_argument("--overlap", type=int, help="tile overlap in pixels (default: a quarter tile, at most 64)")
     parser.add_argument("--tta", action="store_true", help="average over flips (4x slower)")
     parser.add_argument("--device", default="auto")
     parser.set_defaults(handler=run)
 
 
 def input_files(path: Path) -> list[Path]:
-    from core.datasets.io import IMAGE_SUFFIXES  # here, not at the top: `python -m core --help` stays fast
+    """The image files to predict: one file, or the images of a folder (sorted)."""
+    from core.datasets.io import IMAGE_SUFFIXES  # here, not at the top: `unetlab --help` stays fast
     from core.errors import UNetLabError
 
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
         if not files:
             raise UNetLabError(f"no PNG, TIFF or JPEG images in {path}")
         return files
@@ -39,32 +52,55 @@ def input_files(path: Path) -> list[Path]:
     return [path]
 
 
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    """Every argument checked before the model is loaded; returns the post-processing methods."""
+    from core.errors import UNetLabError
+    from core.predictions import parse_methods
+
+    methods = parse_methods(args.instances)
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        raise UNetLabError(f"--threshold must be between 0 and 1 (exclusive), got {args.threshold:g}")
+    if args.tile is not None and args.tile < 16:
+        raise UNetLabError(f"--tile must be at least 16 pixels, got {args.tile}")
+    if args.overlap is not None and not 0 <= args.overlap < (args.tile or 512):
+        raise UNetLabError(f"--overlap must be in [0, tile size), got {args.overlap}")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UNetLabError(f"--output {output} is a file; give a folder for the results")
+    if args.truth is not None and not Path(args.truth).exists():
+        raise UNetLabError(f"--truth {args.truth}: no such file or folder")
+    return methods
+
+
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import tifffile
-    from PIL import Image
     from tqdm import tqdm
 
-    from core.datasets import read_image
-    from core.inference import load_model, predict_image
-    from core.postprocess import postprocess
+    from core.inference import load_model
+    from core.predictions import predict_files
 
+    methods = check_arguments(args)
     files = input_files(Path(args.input))
     loaded = load_model(args.checkpoint, device=args.device)
     output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(files, desc="predicting", unit="image"):
-        probability = predict_image(loaded, read_image(path), tile_size=args.tile, overlap=args.overlap,
-                                    flip_tta=args.tta, source=str(path)).probability
-        labels = postprocess(probability, args.instances, threshold=args.threshold)
-        tifffile.imwrite(output / f"{path.stem}_probability.tif", probability.astype(np.float32))
-        Image.fromarray(((probability >= args.threshold) * 255).astype(np.uint8)).save(output / f"{path.stem}_mask.png")
-        if labels.max() <= np.iinfo(np.uint16).max:
-            Image.fromarray(labels.astype(np.uint16)).save(output / f"{path.stem}_labels.png")
-        else:
-            tifffile.imwrite(output / f"{path.stem}_labels.tif", labels.astype(np.uint32))
-        tqdm.write(f"{path.name}: {int(labels.max())} objects, {float((probability >= args.threshold).mean()):.1%} "
-                   "of pixels positive")
-    print(f"wrote {len(files)} result sets to {output}")
-    return 0
+    with tqdm(total=len(files), desc="predicting", unit="image") as bar:
+        def report(image) -> None:
+            bar.update(1)
+            objects = ", ".join(f"{count} objects ({method})" for method, count in image.objects.items())
+            how = ("at its own size" if image.scale == "native" else
+                   f"resized to {image.network_shape[1]} x {image.network_shape[0]} (training scale) and back")
+            tqdm.write(f"{Path(image.source).name}: {objects}; predicted {how}")
 
+        manifest = predict_files(loaded, files, output, methods, threshold=args.threshold, scale=args.scale,
+                                 probabilities=args.probabilities, tile_size=args.tile, overlap=args.overlap,
+                                 flip_tta=args.tta, checkpoint=args.checkpoint, on_image=report)
+    print(f"wrote {len(files)} result sets to {output} (threshold {manifest.threshold:g}, "
+          f"methods {', '.join(methods)}, manifest {output / 'predictions.json'})")
+    if args.truth is None:
+        return 0
+    from core.commands.score import print_table
+    from core.scoring import score_files
+
+    scored_sets = score_files(Path(args.truth), output)
+    print()
+    print_table(Path(args.truth), output, scored_sets)
+    return 0

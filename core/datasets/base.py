@@ -19,6 +19,20 @@ from core.datasets.io import to_float
 #: Values of ``DatasetSpec.ordering``.
 ORDERINGS = ("independent", "stack")
 
+#: The one rule by which a binary mask becomes objects, by dataset kind, used by the loaders,
+#: ``evaluate``, ``predict``, ``score`` and the pages: separate objects (nuclei, mitochondria)
+#: are 8-connected (pixels touching at an edge or a corner are one object); cell interiors
+#: of membrane sets are 4-connected, so two cells touching only diagonally across a
+#: one-pixel membrane stay two cells (as the ISBI 2012 challenge's Fiji script counts them).
+CONNECTIVITY: dict[str, int] = {"objects": 2, "membrane": 1}
+
+
+def connectivity_for(kind: str) -> int:
+    """``skimage.measure.label`` connectivity for a dataset kind (see :data:`CONNECTIVITY`)."""
+    if kind not in CONNECTIVITY:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {tuple(CONNECTIVITY)}")
+    return CONNECTIVITY[kind]
+
 
 @dataclass
 class Sample:
@@ -63,6 +77,11 @@ class DatasetSpec:
     layout: str
     paper_size: tuple[int, int] | None
     ordering: str = "independent"
+
+    @property
+    def connectivity(self) -> int:
+        """How this dataset's binary masks become objects (see :data:`CONNECTIVITY`)."""
+        return connectivity_for(self.kind)
 
     def __post_init__(self) -> None:
         if self.ordering not in ORDERINGS:

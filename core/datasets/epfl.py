@@ -32,7 +32,7 @@ def _plan(root: Path | None, split: str) -> SourcePlan:
 
 def _read(plan: SourcePlan) -> RawData:
     image_path, label_path = plan.items
-    return read_stack_pair(image_path, label_path, binary_targets(connectivity=2))
+    return read_stack_pair(image_path, label_path, binary_targets(connectivity=EPFL.connectivity))
 
 
 SOURCES = [Source(EPFL, _plan, _read)]

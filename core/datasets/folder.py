@@ -111,7 +111,7 @@ def _plan(root: Path | None, split: str) -> SourcePlan:
 
 def _read(plan: SourcePlan) -> RawData:
     pairs, unmatched = plan.items
-    raw = read_pairs(pairs, connectivity=2)
+    raw = read_pairs(pairs, connectivity=FOLDER.connectivity)
     raw.checks.insert(0, f"layout: images/ and masks/ with {len(pairs)} pairs matched by stem")
     if unmatched:
         raw.checks.append(f"{unmatched} masks without an image ignored")

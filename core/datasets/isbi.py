@@ -56,8 +56,8 @@ def _isbi2012_read(plan: SourcePlan) -> RawData:
     paths = plan.items
     if len(paths) == 1:
         return read_stack_pair(paths[0], None)
-    # 4-connectivity: interiors that touch only diagonally across a membrane stay separate cells.
-    return read_stack_pair(paths[0], paths[1], binary_targets(connectivity=1))
+    # 4-connectivity (a membrane set): interiors touching diagonally across a membrane stay separate cells.
+    return read_stack_pair(paths[0], paths[1], binary_targets(connectivity=ISBI2012.connectivity))
 
 
 def neurite_targets(labels: np.ndarray, path: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:

@@ -64,7 +64,7 @@ def _plan(root: Path | None, split: str) -> SourcePlan:
 
 
 def _read(plan: SourcePlan) -> RawData:
-    raw = read_pairs(plan.items, connectivity=2)
+    raw = read_pairs(plan.items, connectivity=NCMIR.connectivity)
     raw.checks.insert(0, f"layout: {len(plan.items)} images.NNN.png matched with labels/mitos_3D.NNN.png")
     return raw
 
