@@ -598,9 +598,10 @@ def write_overview(doc: Document, study: StudyInput) -> None:
     evaluated = study.table[study.columns["roc_auc"]].notna()
     doc.markdown.extend([f"# Study {study.name}", ""])
     doc.body.append(f"<h1>{html.escape(f'Study {study.name}')}</h1>")
+    parts = sorted({label for label in study.table.get("Evaluated on", []) if label})
     doc.paragraph(f"{len(study.table)} runs on {', '.join(study.datasets)}; {int(evaluated.sum())} evaluated on "
-                  f"their fixed validation part (best checkpoint). Instance scores use post-processing "
-                  f"'{study.method}'. Report written {format_time(time.time())}.")
+                  f"their fixed validation part (best checkpoint; {'; '.join(parts) or 'no evaluation yet'}). "
+                  f"Instance scores use post-processing '{study.method}'. Report written {format_time(time.time())}.")
 
 
 def write_machine_and_time(doc: Document, study: StudyInput) -> None:
@@ -716,10 +717,11 @@ def write_every_run(doc: Document, study: StudyInput) -> None:
 
     doc.heading("Every run")
     keys = ["pixel_f1", "dsb_map", "paper_map", "ap50", "roc_auc", "average_precision"]
-    header = ["Run", "Dataset", "Train fraction", "Augmentation", "Seed", "Status", "Epochs",
+    header = ["Run", "Dataset", "Train fraction", "Augmentation", "Seed", "Status", "Epochs", "Evaluated on",
               *(study.columns[key] for key in keys), "Run time"]
     rows = [[row["Run"], row["Dataset"], f"{row['Train fraction']:.0%}", row["Augmentation"], row["Seed"],
-             row["Status"], row["Epochs"], *(number(row[study.columns[key]]) for key in keys),
+             row["Status"], row["Epochs"], row.get("Evaluated on", ""),
+             *(number(row[study.columns[key]]) for key in keys),
              format_duration(row[RUN_TIME_COLUMN])] for _, row in study.table.iterrows()]
     doc.table(header, rows)
     doc.paragraph("Scores on each run's fixed validation part (never trained on); pixel scores sum TP/FP/FN over "

@@ -254,6 +254,22 @@ def runs_table(records: Sequence[Any], evaluations: Mapping[str, Mapping[str, An
     return pd.DataFrame(rows, columns=columns)
 
 
+def split_label(summary: Mapping[str, Any]) -> str:
+    """Which images an evaluation scored, in a few words: the official test split, or the
+    validation part and how it was cut (random, a contiguous block with a gap, whole groups)."""
+    if summary.get("split") == "test":
+        return "official test split"
+    if summary.get("split") != "val":
+        return str(summary.get("split"))
+    description = str(summary.get("split_description", ""))
+    for start, label in (("contiguous block", "validation part: " + description.split(" (")[0]),
+                         ("split by group", "validation part: whole groups"),
+                         ("random split", "validation part: random images")):
+        if description.startswith(start):
+            return label
+    return "validation part: random images"  # evaluations stored before splits were described
+
+
 def _evaluation_columns(summary: Mapping[str, Any] | None, method: str, threshold: float) -> dict[str, Any]:
     nan = float("nan")
     columns = {
@@ -283,7 +299,7 @@ def _evaluation_columns(summary: Mapping[str, Any] | None, method: str, threshol
     pixel, curves = summary["pixel"], summary["curves"]
     instances = summary.get("instances", {}).get(method, {})
     values = [
-        {"val": "validation part", "test": "official test split"}.get(summary["split"], summary["split"]),
+        split_label(summary),
         summary.get("n_images", nan),
         summary.get("epoch", nan),
         pixel["f1"], pixel["precision"], pixel["recall"], pixel["iou"], pixel["f1_all_positive"],

@@ -102,7 +102,7 @@ def test_runs_table_names_metrics_exactly_and_leaves_unevaluated_runs_empty():
     assert table.loc[0, f"{METRIC_NAMES['dsb_map']} [components]"] == 0.625
     assert table.loc[0, METRIC_NAMES["roc_auc"]] == 0.95
     assert table.loc[0, METRIC_NAMES["pixel_tp"]] == 80
-    assert table.loc[0, "Validation images"] == 5 and table.loc[0, "Evaluated on"] == "validation part"
+    assert table.loc[0, "Validation images"] == 5 and table.loc[0, "Evaluated on"] == "validation part: random images"
     assert table.loc[0, "Train fraction"] == 0.2 and table.loc[0, "Augmentation"] == "heavy"
     assert np.isnan(table.loc[1, f1]) and table.loc[1, "Status"] == "running"
     assert f1 in tables.comparable_metrics(table)
@@ -178,3 +178,17 @@ def test_read_results_table_accepts_a_study_table_and_names_what_is_wrong():
         read_results_table(b"Run,Dataset,Train fraction,Augmentation,Seed,F\nr1,x,ten,none,0,1\n", "text.csv")
     with pytest.raises(UNetLabError, match="not a readable CSV"):
         read_results_table(b"", "blank.csv")
+
+
+@pytest.mark.parametrize("summary, label", [
+    ({"split": "test"}, "official test split"),
+    ({"split": "val", "split_description": "contiguous block with a gap of 2 slices (seed 0 picks block 1 of 5): "
+                                           "slices #0-#5 of 30 validate"},
+     "validation part: contiguous block with a gap of 2 slices"),
+    ({"split": "val", "split_description": "split by group (pattern 'x', seed 0): 2 of 7 groups validate"},
+     "validation part: whole groups"),
+    ({"split": "val", "split_description": "the run's fixed validation part of the training images"},
+     "validation part: random images"),
+])
+def test_split_label_names_how_the_validation_part_was_cut(summary, label):
+    assert tables.split_label(summary) == label
