@@ -476,3 +476,15 @@ def test_jpeg_masks_are_thresholded_and_samples_do_not_share_masks(tmp_path):
     assert abs(int(dataset[0].mask.sum()) - 64) <= 4 and dataset[0].instances.max() == 1
     dataset[0].mask[:] = False  # editing a returned mask leaves the dataset intact
     assert dataset[0].mask.any()
+
+
+def test_ncmir_slices_in_numeric_order_without_zero_padding(tmp_path):
+    """Validation is a contiguous block of slices, so slice 10 must follow slice 9, not slice 1."""
+    write_ncmir(tmp_path, "training", [0])
+    for number in (1, 2, 9, 10, 11):
+        labels = np.zeros((24, 24), np.uint8)
+        labels[2:6, 2:10] = 1
+        Image.fromarray(np.full((24, 24), number, np.uint8)).save(tmp_path / "training" / "images" / f"images.{number}.png")
+        write_palette_png(tmp_path / "training" / "labels" / f"mitos_3D.{number}.png", labels)
+    names = load_dataset("ncmir", tmp_path).names
+    assert names == ["images.000", "images.1", "images.2", "images.9", "images.10", "images.11"]

@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     describe.add_argument("name", help="dataset name (see `datasets list`)")
     describe.add_argument("--root", type=Path, help="dataset folder (not needed for built-in synthetic sets)")
     describe.add_argument("--split", default="train", help="split for the top-level figures (default: train)")
-    describe.add_argument("--size", type=int, help="resize every image to SIZE x SIZE on load")
+    describe.add_argument("--image-size", "--size", dest="size", type=int,
+                          help="resize every image to N x N on load, as `train --image-size N` does")
     describe.add_argument("--no-cache", action="store_true", help="decode the files again, ignoring the cache")
     describe.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     describe.set_defaults(handler=run_describe)

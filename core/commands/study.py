@@ -20,6 +20,12 @@ SHARED_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--validation-fraction", "validation_fraction", float, "share kept for validation (default 0.2)"),
     ("--tile-size", "tile_size", int, "validation / prediction tile (default 512)"),
     ("--threads", "threads", int, "torch CPU threads per run (default: torch's choice)"),
+    ("--split-strategy", "split_strategy", str,
+     "auto (default: a contiguous block with a gap on image stacks, whole groups with --group-pattern, else "
+     "random), random, block or groups"),
+    ("--group-pattern", "group_pattern", str,
+     "regular expression on file stems naming each image's group (e.g. '^(slide\\d+)_'); "
+     "no group is split between training and validation"),
 )
 
 

@@ -43,6 +43,11 @@ def _slice_number(path: Path, prefix: str) -> str | None:
     return stem[len(prefix) + 1:]
 
 
+def _slice_order(path: Path) -> tuple[int, str]:
+    number = _slice_number(path, "images") or ""
+    return (int(number), number) if number.isdigit() else (1 << 62, number)
+
+
 def _plan(root: Path | None, split: str) -> SourcePlan:
     base = require_root(NCMIR, root) / _FOLDERS[split]
     images_dir, labels_dir = base / "images", base / "labels"
@@ -50,7 +55,9 @@ def _plan(root: Path | None, split: str) -> SourcePlan:
         if not folder.is_dir():
             raise DatasetError(f"{folder}: folder not found (split {split!r}). Expected layout: {NCMIR.layout}")
     images = {}
-    for path in sorted(images_dir.glob("images.*.png")):
+    # Slice order is physical order (validation is a contiguous block), so sort by the slice
+    # number as a number: images.10.png comes after images.9.png even without zero padding.
+    for path in sorted(images_dir.glob("images.*.png"), key=_slice_order):
         images[_slice_number(path, "images")] = path
     if not images:
         raise DatasetError(f"{images_dir}: empty folder, no images.NNN.png files. Expected layout: {NCMIR.layout}")
