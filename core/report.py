@@ -34,6 +34,7 @@ import numpy as np
 
 from core.config import AUGMENTATION_LEVELS
 from core.errors import UNetLabError
+from core.stats import NOISE_ALPHA, CellStats, NoiseVerdict, format_cell, within_seed_noise
 from core.tables import RUN_TIME_COLUMN
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ PAPER_TABLE1: dict[str, dict[str, float | None]] = {
 PAPER_RANGES: dict[str, tuple[float, float]] = {"F1": (0.89, 0.97), "mAP": (0.23, 0.57)}
 PAPER_CLAIM = "F1 0.96 after training on 10% of the images"
 NOT_AVAILABLE = "n/a (not available to us)"
-#: Significance level of the Welch t-test behind the seed-noise notes.
-NOISE_ALPHA = 0.05
 
 
 @dataclass
@@ -71,25 +70,6 @@ class ReportFiles:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CellStats:
-    """The per-seed values of one grid cell and their mean and sample sd (ddof=1)."""
-
-    values: tuple[float, ...]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.values)) if self.values else float("nan")
-
-    @property
-    def sd(self) -> float:
-        return float(np.std(self.values, ddof=1)) if self.n >= 2 else float("nan")
-
-
 def cell_text(rows: Any, column: str) -> str:
     """``format_cell`` of ``column`` over ``rows``; "not evaluated" when there are runs but no value
     (a run still training, or an evaluation stored before the metric existed)."""
@@ -97,45 +77,6 @@ def cell_text(rows: Any, column: str) -> str:
         return format_cell(None)
     values = rows[column].dropna() if column in rows else []
     return format_cell(CellStats(tuple(float(v) for v in values))) if len(values) else "not evaluated"
-
-
-def format_cell(stats: CellStats | None, digits: int = 4) -> str:
-    """``0.8123 ± 0.0100 (n=2)``; ``0.8123 (n=1)``; ``no runs``."""
-    if stats is None or stats.n == 0:
-        return "no runs"
-    if stats.n == 1:
-        return f"{stats.mean:.{digits}f} (n=1)"
-    return f"{stats.mean:.{digits}f} ± {stats.sd:.{digits}f} (n={stats.n})"
-
-
-@dataclass(frozen=True)
-class NoiseVerdict:
-    """Whether a cell's difference from the best cell is within seed noise.
-
-    ``within`` is None when it cannot be told (fewer than two seeds in a cell).
-    """
-
-    within: bool | None
-    p_value: float
-    difference: float
-
-
-def within_seed_noise(best: Sequence[float], other: Sequence[float], alpha: float = NOISE_ALPHA) -> NoiseVerdict:
-    """Welch's t-test (unequal variances) of two cells' per-seed values.
-
-    Within noise when p >= ``alpha``. Two cells whose values are all equal (zero variance)
-    differ only if their means differ. Fewer than two values in either cell: ``within`` None.
-    """
-    from scipy.stats import ttest_ind
-
-    best, other = np.asarray(best, float), np.asarray(other, float)
-    difference = float(best.mean() - other.mean()) if best.size and other.size else float("nan")
-    if best.size < 2 or other.size < 2:
-        return NoiseVerdict(None, float("nan"), difference)
-    if best.std() == 0 and other.std() == 0:
-        return NoiseVerdict(difference == 0, 1.0 if difference == 0 else 0.0, difference)
-    p_value = float(ttest_ind(best, other, equal_var=False).pvalue)
-    return NoiseVerdict(p_value >= alpha, p_value, difference)
 
 
 @dataclass

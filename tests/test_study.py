@@ -20,11 +20,9 @@ from core.config import ConfigError, RunConfig
 from core.errors import UNetLabError
 from core.metrics import METRIC_NAMES
 from core.paths import PROJECT_ROOT
-from core.report import (
-    NOT_AVAILABLE, PAPER_TABLE1, CellStats, augmentation_effects, format_cell, grid_rows, grid_table, is_membrane_dataset, table1,
-    within_seed_noise,
-)
+from core.report import NOT_AVAILABLE, PAPER_TABLE1, augmentation_effects, grid_rows, grid_table, is_membrane_dataset, table1
 from core.runs import Registry, process_alive
+from core.stats import CellStats, format_cell, within_seed_noise
 from core.study import (
     PAPER_EPOCHS_GUESS, RunState, StudyDefinition, StudyGrid, check_study_name, configs_for_grid, decide_action,
     estimate_eta, grid_configs, load_study, parse_augmentations, parse_fractions, parse_roots, parse_seeds,
