@@ -12,7 +12,6 @@ written to a temporary file and renamed, so a crash mid-write never leaves a tor
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -22,18 +21,24 @@ import torch
 
 from core.config import RunConfig
 from core.errors import CheckpointError
+from core.fileio import atomic_path
 
 FORMAT = "unetlab-checkpoint"
 VERSION = 1
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (plus format tags) atomically to ``path``."""
+    """Write ``payload`` (plus format tags) atomically to ``path``.
+
+    Raises
+    ------
+    DiskFullError
+        When the disk is full: the temporary file is removed and ``path`` keeps its old
+        content (e.g. the previous epoch's ``last.pt``).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": FORMAT, "version": VERSION, **payload}, temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, temporary)
     return path
 
 

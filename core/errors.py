@@ -40,3 +40,12 @@ class RunError(UNetLabError, ValueError):
 
 class DiskFullError(UNetLabError, OSError):
     """A write failed because the disk (or quota) is full; the message names the folder."""
+
+
+class RegistryError(RunError):
+    """The run registry file is damaged or cannot be opened; the message names the file and what to do."""
+
+
+class DatasetWarning(UserWarning):
+    """Data that loads but deserves a look (all-empty masks, constant images, 1x1 images, files
+    skipped, pages read as colour channels); loaders collect them into ``Dataset.warnings``."""

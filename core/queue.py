@@ -6,6 +6,13 @@ Nothing lives in the app's process: closing the browser, reloading the page or
 restarting Streamlit loses nothing, and the worker (and its training processes) carry
 on. The worker holds an exclusive ``flock`` on ``worker.lock`` beside the registry, so a
 second worker is never started: the lock vanishes with its process, however it ends.
+
+Claiming is race-free: the worker moves a run ``queued -> running`` with a compare-and-set
+before it starts the process, and the process (``--from-worker``) trains the run only if
+it is still ``running`` under its own pid. A ``cancel`` landing at any moment of that
+hand-over therefore wins, and no process trains a cancelled run. A run that cannot be
+started (bad id or settings, a failed process start) is marked failed with the reason and
+the worker goes on with the next one.
 """
 
 from __future__ import annotations
@@ -16,13 +23,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from core.config import RunConfig
-from core.errors import RunError
+from core.errors import RegistryError, RunError, UNetLabError
+from core.fileio import atomic_write_text
 from core.paths import PROJECT_ROOT
-from core.runs import Registry, process_alive
+from core.runs import (ACTIVE_STATUSES, ENDED_STATUSES, Registry, RunRecord, check_config, process_start_time,
+                       signal_process, valid_run_id, worker_lock_held, worker_lock_path)
 
 
 def enqueue(configs: list[RunConfig], registry: Registry | None = None, start_worker: bool = True) -> list[str]:
@@ -37,48 +47,60 @@ def enqueue(configs: list[RunConfig], registry: Registry | None = None, start_wo
 def resume(run_id: str, registry: Registry | None = None, start_worker: bool = True) -> None:
     """Queue a failed or cancelled run again; it continues from its ``last.pt``."""
     registry = registry or Registry()
-    registry.reap_dead()
+    registry.reap_dead([run_id])
     status = registry.get_run(run_id).status
     if status not in ("failed", "cancelled"):
         raise RunError(f"run {run_id} is {status}; only failed or cancelled runs can be resumed")
-    registry.set_status(run_id, "queued")
+    if not registry.transition(run_id, status, "queued"):
+        raise RunError(f"run {run_id} changed from {status} to {registry.get_run(run_id).status} "
+                       "while it was being queued again; nothing was changed")
     if start_worker:
         ensure_worker(registry)
 
 
 def cancel(run_id: str, registry: Registry | None = None) -> str:
-    """Cancel a queued run, or ask a running one to stop (SIGTERM; it stops after its step).
+    """Cancel a queued run, or ask a running (or evaluating) one to stop.
 
-    Returns the status the run has (or is about to have).
+    A queued run, or one whose process the worker is still starting, is cancelled at once
+    (compare-and-set: a worker claiming it at the same moment loses and never trains it).
+    A run a live process owns is asked to stop with SIGTERM, sent only if the pid still
+    belongs to the process that started the run (pid and start time); it stops after its
+    current step. A run whose process is gone is reaped.
+
+    Returns the status the run has (or is about to have: ``cancelling``).
     """
     registry = registry or Registry()
-    run = registry.get_run(run_id)
-    if run.status == "queued":
-        registry.set_status(run_id, "cancelled", error="cancelled before it started")
-        return "cancelled"
-    if run.status == "running":
-        if run.pid and process_alive(run.pid):
-            os.kill(run.pid, signal.SIGTERM)
+    for _ in range(50):
+        run = registry.get_run(run_id)
+        if run.status == "queued":
+            if registry.transition(run_id, "queued", "cancelled", error="cancelled before it started"):
+                return "cancelled"
+            continue  # the worker claimed it meanwhile: look again
+        if run.status not in ACTIVE_STATUSES:
+            raise RunError(f"run {run_id} is {run.status}; only queued, running or evaluating runs can be cancelled")
+        if run.pid is None:  # the worker is starting its process, which then finds it cancelled
+            if registry.transition(run_id, run.status, "cancelled", owner=None, error="cancelled before it started"):
+                return "cancelled"
+            continue
+        if not run.process_alive():
+            registry.reap_dead([run_id])
+            return registry.get_run(run_id).status
+        if not registry.request_cancel(run_id, run.status, run.pid):
+            continue
+        if signal_process(run.pid, run.pid_start, signal.SIGTERM):
             return "cancelling"
-        registry.reap_dead()
+        registry.reap_dead([run_id])  # it ended just now
         return registry.get_run(run_id).status
-    raise RunError(f"run {run_id} is {run.status}; only queued or running runs can be cancelled")
+    raise RunError(f"run {run_id} kept changing while it was being cancelled; try again")
 
 
 def lock_path(registry: Registry) -> Path:
-    return registry.path.with_name("worker.lock")
+    return worker_lock_path(registry.path)
 
 
 def worker_running(registry: Registry) -> bool:
     """True when some process holds the worker lock of this registry."""
-    path = lock_path(registry)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+    return worker_lock_held(registry.path)
 
 
 def settings_path(registry: Registry) -> Path:
@@ -90,10 +112,7 @@ def set_max_parallel(max_parallel: int, registry: Registry | None = None) -> Non
     registry = registry or Registry()
     if max_parallel < 1:
         raise RunError(f"runs trained at once must be at least 1, got {max_parallel}")
-    path = settings_path(registry)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({"max_parallel": int(max_parallel)}))
-    os.replace(temporary, path)
+    atomic_write_text(settings_path(registry), json.dumps({"max_parallel": int(max_parallel)}))
 
 
 def current_max_parallel(registry: Registry, default: int) -> int:
@@ -132,11 +151,95 @@ def default_parallel() -> int:
         return 1
 
 
+def child_command(run_id: str) -> list[str]:
+    """The training process the worker starts for a run it claimed."""
+    return [sys.executable, "-m", "core", "train", "--resume", run_id, "--from-worker", "--quiet", "--json"]
+
+
+def start_run(registry: Registry, run: RunRecord, logs: Path) -> subprocess.Popen | None:
+    """Claim a queued run and start its training process; the process, or None if none was started.
+
+    The claim is a compare-and-set ``queued -> running`` made *before* the process exists
+    (owner: none yet), then the child's pid and start time are recorded. A cancel that
+    lands before the claim wins (the run is not started); one that lands while the
+    process starts wins too: the process, started with ``--from-worker``, only trains a
+    run still ``running`` under its own pid. A run that cannot be started is marked failed
+    with the reason, so it never blocks the queue.
+    """
+    def fail(expected: str, reason: str) -> None:
+        # A run claimed by the worker has no owning process yet: only that state may fail here.
+        owner = {"owner": None} if expected == "running" else {}
+        if registry.transition(run.id, expected, "failed", error=reason, **owner):
+            print(f"run {run.id}: failed: {reason}", flush=True)
+
+    if not valid_run_id(run.id):
+        fail("queued", f"run id {run.id!r} is not a plain file name (only letters, digits, '.', '_' and '-'); "
+                       "it cannot be trained: queue its settings again as a new run")
+        return None
+    try:
+        check_config(run.config)
+    except UNetLabError as error:
+        fail("queued", f"cannot start: {error}")
+        return None
+    if not registry.transition(run.id, "queued", "running", pid=None, pid_start=None):
+        return None  # cancelled (or claimed) after the queue was read: leave it be
+    try:
+        with open(logs / f"{run.id}.log", "a") as log:
+            child = subprocess.Popen(child_command(run.id), cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+    except Exception as error:  # noqa: BLE001 - any reason is recorded with the run; the queue goes on
+        fail("running", f"the worker could not start the training process: {type(error).__name__}: {error}")
+        return None
+    # The start time is read while the child surely exists (it is our child: even if it has
+    # exited, it stays a zombie until we wait for it), and it is the same after exec.
+    if not registry.transition(run.id, "running", "running", pid=child.pid,
+                               pid_start=process_start_time(child.pid), owner=None):
+        print(f"run {run.id}: cancelled while its process (pid {child.pid}) started; it will not train",
+              flush=True)
+    return child
+
+
+def record_exit(registry: Registry, run_id: str, child: subprocess.Popen, log_path: Path) -> None:
+    """A training process ended: if it left its run running or evaluating, record why."""
+    try:
+        run = registry.get_run(run_id)
+    except RunError:
+        return
+    if run.status not in ACTIVE_STATUSES or run.pid != child.pid:
+        return
+    code = child.returncode
+    if code is not None and code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with status {code}"
+    reason = f"the training process (pid {child.pid}) {how} before the run ended"
+    last = _last_line(log_path)
+    if last:
+        reason += f": {last}"
+    target = "cancelled" if run.cancel_requested else "failed"
+    registry.transition(run_id, run.status, target, error=reason, owner=child.pid)
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log (what a crashing process said last), or ''."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
+            lines = [line.strip() for line in handle.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [line for line in lines if line]
+    return lines[-1][:300] if lines else ""
+
+
 def run_worker(registry: Registry | None = None, max_parallel: int | None = None,
                idle_exit_seconds: float = 30.0, poll_seconds: float = 1.0) -> int:
     """The worker loop: start queued runs (oldest first), at most ``max_parallel`` at once.
 
-    Exits when it finds another worker, or when nothing has been queued or running for
+    Exits when it finds another worker, or when nothing has been queued or in flight for
     ``idle_exit_seconds``. Returns the number of runs it started.
     """
     registry = registry or Registry()
@@ -147,6 +250,7 @@ def run_worker(registry: Registry | None = None, max_parallel: int | None = None
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         print("another worker already serves this registry; exiting", flush=True)
+        handle.close()
         return 0
     handle.seek(0)
     handle.truncate()
@@ -163,37 +267,48 @@ def run_worker(registry: Registry | None = None, max_parallel: int | None = None
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
+    # A worker run inside another program (tests) gives SIGTERM back when it returns.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, stop) if in_main_thread else None
     try:
         while not stopping:
-            for run_id, child in list(children.items()):
-                if child.poll() is not None:
-                    del children[run_id]
-            registry.reap_dead()
-            running = registry.list_runs(status="running")
-            max_parallel = current_max_parallel(registry, default_parallel())
-            queued = sorted(registry.list_runs(status="queued"), key=lambda run: (run.created, run.id))
-            free = max_parallel - len(running)
-            for run in queued[:max(free, 0)]:
-                with open(logs / f"{run.id}.log", "a") as log:
-                    child = subprocess.Popen(
-                        [sys.executable, "-m", "core", "train", "--resume", run.id, "--quiet", "--json"],
-                        cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
-                # Mark it running with the child's pid now, so the next poll neither starts it
-                # twice nor counts it as free capacity.
-                registry.set_status(run.id, "running", pid=child.pid)
-                children[run.id] = child
-                started += 1
-                print(f"started run {run.id} (pid {child.pid})", flush=True)
-            if running or queued or children:
+            busy = False
+            try:
+                for run_id, child in list(children.items()):
+                    if child.poll() is not None:
+                        del children[run_id]
+                        record_exit(registry, run_id, child, logs / f"{run_id}.log")
+                registry.reap_dead()
+                in_flight = registry.list_runs(status=ACTIVE_STATUSES)
+                max_parallel = current_max_parallel(registry, default_parallel())
+                queued = sorted(registry.list_runs(status="queued"), key=lambda run: (run.created, run.id))
+                busy = bool(in_flight or queued or children)
+                free = max_parallel - len(in_flight)
+                for run in queued:
+                    if free <= 0:
+                        break
+                    child = start_run(registry, run, logs)
+                    if child is None:
+                        continue  # failed or cancelled: the next queued run takes the slot
+                    children[run.id] = child
+                    started += 1
+                    free -= 1
+                    print(f"started run {run.id} (pid {child.pid})", flush=True)
+            except RegistryError as error:
+                print(f"worker: {error}; exiting", flush=True)
+                break
+            except (UNetLabError, OSError) as error:  # e.g. the registry stayed locked: try again
+                print(f"worker: {type(error).__name__}: {error}; retrying", flush=True)
+                busy = True
+            if busy:
                 idle_since = time.time()
             elif time.time() - idle_since > idle_exit_seconds:
                 break
             time.sleep(poll_seconds)
     finally:
         handle.close()
+        if in_main_thread and previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     return started
 
 
@@ -205,7 +320,7 @@ def wait_for(run_ids: list[str], registry: Registry | None = None, timeout: floa
     while True:
         registry.reap_dead()
         statuses = {run_id: registry.get_run(run_id).status for run_id in run_ids}
-        if all(status in ("finished", "failed", "cancelled") for status in statuses.values()):
+        if all(status in ENDED_STATUSES for status in statuses.values()):
             return statuses
         if time.time() > deadline:
             raise RunError(f"runs still not done after {timeout:.0f} s: {statuses}")

@@ -13,12 +13,10 @@ torch) is seeded from ``(config.seed, e)``. A run resumed from ``last.pt`` after
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -34,7 +32,7 @@ from core.errors import RunError
 from core.model import UNet
 from core.inference import LoadedModel, memory_format as model_memory_format, predict_image, resolve_device, resolve_precision
 from core.predict import autocast_context
-from core.runs import Registry
+from core.runs import Registry, failure_cause
 
 
 @dataclass
@@ -233,36 +231,47 @@ def train_run(
     registry: Registry | None = None,
     show_progress: bool = True,
     stop: StopRequest | None = None,
+    then_evaluate: bool = False,
+    from_worker: bool = False,
 ) -> TrainResult:
     """Train a new run from ``config``, or continue the existing run ``run_id``.
 
     With ``run_id`` the stored config is used and training continues from the run's
-    ``last.pt`` when there is one (resume), else starts from scratch (a queued run).
+    ``last.pt`` when there is one (resume), else starts from scratch (a queued run). The
+    run is claimed first (:meth:`Registry.claim`): one that another live process trains
+    is refused with a RunError naming that process.
+
+    When training completes the run becomes ``finished`` (``evaluating`` with
+    ``then_evaluate``: the caller evaluates it, see :mod:`core.lifecycle`), but only if its
+    ``best.pt`` exists; otherwise it is marked failed and RunError is raised. Any error
+    is recorded as the run's cause of failure and raised.
     """
     registry = registry or Registry()
     if run_id is None:
         if config is None:
             raise RunError("train_run needs a config or a run id")
-        run_id = registry.create_run(config, status="running")
+        run_id = registry.create_run(config, status="running")  # owned by this process
     else:
-        config = registry.get_run(run_id).config
-    config.validate()
-    registry.set_status(run_id, "running", pid=os.getpid())
+        config = registry.claim(run_id, from_worker=from_worker).config
 
     stop = stop or StopRequest()
     restore_handler = stop.install()
     started = time.time()
     try:
+        config.validate()
         result = _train(config, run_id, registry, show_progress, stop, started)
     except KeyboardInterrupt:
-        registry.set_status(run_id, "cancelled", error="interrupted (Ctrl-C)")
+        registry.end_attempt(run_id, "cancelled", error="interrupted (Ctrl-C)")
         raise
     except BaseException as error:
-        registry.set_status(run_id, "failed", error=f"{type(error).__name__}: {error}\n{traceback.format_exc()[-2000:]}")
+        registry.end_attempt(run_id, "failed", error=failure_cause(error))
         raise
     finally:
         restore_handler()
-    registry.set_status(run_id, result.status, error="stopped on request" if result.status == "cancelled" else None)
+    if result.status == "cancelled":
+        registry.end_attempt(run_id, "cancelled", error="stopped on request")
+    else:
+        registry.finish_training(run_id, then_evaluate=then_evaluate)
     return result
 
 
@@ -281,7 +290,7 @@ class TrainingData:
 def prepare_data(config: RunConfig) -> TrainingData:
     """Load the dataset at the run's image size and cut its fixed split."""
     dataset = load_dataset(config.dataset, config.root, split="train", size=config.image_size)
-    parts = split(dataset, config.train_fraction, config.seed, config.validation_fraction)
+    parts = split(dataset, config.train_fraction, config.seed, config.validation_fraction, strategy=config.split_strategy, group_pattern=config.group_pattern)
     return TrainingData(
         dataset=dataset,
         train_indices=list(parts.train),

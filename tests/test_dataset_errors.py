@@ -253,9 +253,9 @@ def test_ncmir_missing_label_and_missing_split_folder(tmp_path):
 def test_read_image_errors(tmp_path):
     with raises(f"{tmp_path / 'none.png'}: file not found"):
         read_image(tmp_path / "none.png")
-    with raises("<uploaded bytes>: unreadable or corrupt image file"):
+    with raises("the image given as bytes: unreadable or corrupt image file"):
         read_image(b"definitely not an image")
-    with raises("<uploaded bytes>: empty file"):
+    with raises("the image given as bytes: empty file"):
         read_image(b"")
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 8, 8), np.uint8), photometric="minisblack")
     with raises("a stack of 5 pages"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 
 from core.config import ConfigError, RunConfig
-from core.errors import RunError
-from core.runs import Registry, process_alive
+from core.errors import DatasetError, RunError
+from core.runs import Registry, new_run_id, process_alive, process_start_time, valid_run_id
 
 
 @pytest.fixture
@@ -36,6 +37,90 @@ def test_life_cycle_and_refused_transitions(registry):
     assert registry.get_run(run_id).finished is not None
     with pytest.raises(RunError, match="cannot become running"):
         registry.set_status(run_id, "running")
+
+
+def test_evaluating_sits_between_running_and_finished(registry):
+    run_id = registry.create_run(RunConfig(epochs=2))
+    with pytest.raises(RunError, match="cannot become evaluating"):
+        registry.set_status(run_id, "evaluating")  # not before training
+    registry.set_status(run_id, "running", pid=os.getpid())
+    registry.set_status(run_id, "evaluating")
+    record = registry.get_run(run_id)
+    assert record.status == "evaluating" and record.active and record.pid == os.getpid()
+    for refused in ("queued", "running"):
+        with pytest.raises(RunError, match=f"cannot become {refused}"):
+            registry.set_status(run_id, refused)
+    registry.set_status(run_id, "finished")
+    assert registry.get_run(run_id).status == "finished" and not registry.get_run(run_id).active
+
+
+def test_status_changes_are_compare_and_set(registry):
+    run_id = registry.create_run(RunConfig())
+    read = registry.get_run(run_id).status  # this caller read "queued"...
+    assert registry.transition(run_id, "queued", "cancelled", error="cancelled before it started")  # ...another won
+    assert not registry.transition(run_id, read, "running", pid=os.getpid())  # the stale write changes nothing
+    record = registry.get_run(run_id)
+    assert record.status == "cancelled" and record.pid is None
+    # With an owner: only the process that owns the run can end it.
+    registry.set_status(run_id, "running", pid=os.getpid())
+    assert not registry.transition(run_id, "running", "finished", owner=os.getpid() + 1)
+    assert registry.end_attempt(run_id, "failed", error="boom")  # this process owns it
+    assert registry.get_run(run_id).status == "failed"
+    assert not registry.end_attempt(run_id, "failed", error="again")  # no longer running
+
+
+def test_set_status_reports_a_lost_race(registry, monkeypatch):
+    run_id = registry.create_run(RunConfig())
+    real_transition = registry.transition
+
+    def cancel_first(*args, **kwargs):  # another process cancels between set_status's read and write
+        real_transition(run_id, "queued", "cancelled")
+        return real_transition(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "transition", cancel_first)
+    with pytest.raises(RunError, match=f"run {run_id} changed from queued to cancelled"):
+        registry.set_status(run_id, "running")
+    assert registry.get_run(run_id).status == "cancelled"
+
+
+def test_claim_refuses_a_run_a_live_process_owns(registry):
+    run_id = registry.create_run(RunConfig())
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        registry.transition(run_id, "queued", "running", pid=sleeper.pid,
+                            pid_start=process_start_time(sleeper.pid))
+        with pytest.raises(RunError, match=f"run {run_id} is already running in process {sleeper.pid}"):
+            registry.claim(run_id)
+        sleeper.kill()
+        sleeper.wait()
+        record = registry.claim(run_id)  # its owner is gone: reaped, then claimed
+        assert record.status == "running" and record.pid == os.getpid()
+        assert record.pid_start == process_start_time(os.getpid())
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_process_identity_is_pid_and_start_time():
+    start = process_start_time(os.getpid())
+    assert isinstance(start, int) and start > 0
+    assert process_alive(os.getpid(), start) and process_alive(os.getpid())
+    assert not process_alive(os.getpid(), start + 1)  # same pid, another process
+    assert not process_alive(None) and not process_alive(0)
+
+
+def test_run_ids_are_plain_file_names(registry):
+    with pytest.raises(ConfigError, match="not a path"):
+        registry.create_run(RunConfig(dataset="x/../../../tmp/escape"))
+    with pytest.raises(DatasetError, match="unknown dataset 'no-such-set'"):
+        registry.create_run(RunConfig(dataset="no-such-set"))
+    with pytest.raises(RunError, match="not allowed"):
+        registry.create_run(RunConfig(), run_id="../../escape")
+    # Even a config that skipped validation cannot put a path into an id.
+    run_id = new_run_id(RunConfig(dataset="x/../../../tmp/escape"))
+    assert valid_run_id(run_id) and "/" not in run_id
+    assert not valid_run_id("..") and not valid_run_id("a/b") and not valid_run_id("")
+    assert registry.list_runs() == []
 
 
 def test_config_round_trips_and_is_validated(registry):

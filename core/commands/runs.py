@@ -1,4 +1,4 @@
-"""``python -m core runs list|show``: what the run registry holds."""
+"""``python -m core runs list|show|check``: what the run registry holds, and whether it is sound."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import argparse
 import json
 import time
 
+# Kept in step with core.runs.STATUSES (not imported: `--help` stays free of numpy).
+STATUSES = ("queued", "running", "evaluating", "finished", "failed", "cancelled")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("runs", help="list and inspect training runs")
     commands = parser.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
     listing = commands.add_parser("list", help="one line per run, newest first")
-    listing.add_argument("--status", choices=["queued", "running", "finished", "failed", "cancelled"])
+    listing.add_argument("--status", choices=STATUSES)
     listing.add_argument("--dataset")
     listing.add_argument("--study")
     listing.add_argument("--json", action="store_true")
@@ -20,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=show_run)
+    check = commands.add_parser(
+        "check", help="check the registry: SQLite integrity, unreadable rows, missing checkpoints",
+        description="Check the run registry without changing it. Prints one line per problem, then a "
+                    "one-line verdict; exit status 0 when it is sound, 2 when it is damaged.",
+    )
+    check.set_defaults(handler=check_registry)
 
 
 def list_runs(args: argparse.Namespace) -> int:
@@ -74,3 +83,13 @@ def show_run(args: argparse.Namespace) -> int:
     print("(epoch 0 = the untrained model; validation pixel scores at threshold "
           f"{run.config.threshold}, micro-averaged over the validation images)")
     return 0
+
+
+def check_registry(args: argparse.Namespace) -> int:
+    from core.runs import Registry
+
+    report = Registry.check()
+    for line in report.details():
+        print(line)
+    print(report.verdict())
+    return 0 if report.ok else 2

@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="skip the full evaluation after training")
     parser.add_argument("--json", action="store_true", help="print the run id and final metrics as JSON (last line)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    # Set by the queue worker: it claimed the run for this process, which trains it only if
+    # the claim still holds (a run cancelled while this process started is left alone).
+    parser.add_argument("--from-worker", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 
 
@@ -55,30 +58,22 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.train import train_run
+    from core.lifecycle import train_then_evaluate
 
+    options = dict(evaluate=args.evaluate, show_progress=not args.quiet, from_worker=args.from_worker)
     if args.resume:
-        result = train_run(run_id=args.resume, show_progress=not args.quiet)
+        outcome = train_then_evaluate(run_id=args.resume, **options)
     else:
-        result = train_run(config_from_args(args), show_progress=not args.quiet)
-    summary = result.to_dict()
-    if args.evaluate and result.status == "finished":
-        from core.evaluate import evaluate_run
-        from core.runs import Registry
-
-        registry = Registry()
-        progress = registry.get_run(result.run_id).progress
-        registry.update_progress(result.run_id, **{**progress, "phase": "evaluating"})
-        summary["evaluation"] = evaluate_run(result.run_id, registry=registry, show_progress=not args.quiet).headline()
-        registry.update_progress(result.run_id, **{**progress, "phase": "evaluated"})
+        outcome = train_then_evaluate(config_from_args(args), **options)
+    result = outcome.result
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(outcome.summary()))
     else:
         v = result.final_metrics
-        print(f"run {result.run_id}: {result.status} after {result.epochs_done} epochs in {result.seconds:.0f} s")
+        print(f"run {result.run_id}: {outcome.status} after {result.epochs_done} epochs in {result.seconds:.0f} s")
         if v:
             print(f"validation pixel F1 at threshold {RunConfig.threshold}: {v['val_f1']:.4f} "
                   f"(untrained model: {result.untrained_metrics.get('val_f1', float('nan')):.4f}); "
                   f"best {result.best_validation_f1:.4f} at epoch {result.best_epoch}")
         print(f"checkpoints: {result.checkpoint_dir}")
-    return 0 if result.status == "finished" else 1
+    return 0 if outcome.status == "finished" else 1

@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--idle-exit", type=float, default=30.0,
                         help="exit after this many seconds with nothing queued or running")
     parser.set_defaults(handler=run)
-    cancel = subparsers.add_parser("cancel", help="cancel a queued or running run")
+    cancel = subparsers.add_parser("cancel", help="cancel a queued, running or evaluating run")
     cancel.add_argument("run_id")
     cancel.set_defaults(handler=run_cancel)
     resume = subparsers.add_parser("resume", help="queue a failed or cancelled run again (continues from last.pt)")

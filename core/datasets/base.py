@@ -101,6 +101,7 @@ class RawData:
     instances: list[np.ndarray] | None
     names: list[str]
     checks: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -141,6 +142,7 @@ class Dataset:
     channels : int, 1 or 3, the same for every image
     has_masks, has_instances : bool
     checks : list of str, the validations the data passed on load
+    warnings : list of str, what loads but deserves a look (see ``core.errors.DatasetWarning``)
     from_cache : bool, True if the arrays came from the decoded-array cache
     """
 
@@ -159,6 +161,7 @@ class Dataset:
         self.size = size
         self.names = list(raw.names)
         self.checks = list(raw.checks)
+        self.warnings = list(raw.warnings)
         self.from_cache = from_cache
         self._images = raw.images
         self._masks = raw.masks

@@ -64,7 +64,8 @@ def load_entry(path: Path) -> RawData | None:
             images = [archive[f"image_{i}"] for i in range(count)]
             masks = [archive[f"mask_{i}"] for i in range(count)] if meta["has_masks"] else None
             instances = [archive[f"instances_{i}"] for i in range(count)] if meta["has_instances"] else None
-        return RawData(images=images, masks=masks, instances=instances, names=meta["names"], checks=meta["checks"])
+        return RawData(images=images, masks=masks, instances=instances, names=meta["names"], checks=meta["checks"],
+                       warnings=meta.get("warnings", []))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
         path.unlink(missing_ok=True)
         return None
@@ -76,6 +77,7 @@ def save_entry(path: Path, raw: RawData) -> None:
         "count": len(raw.images),
         "names": raw.names,
         "checks": raw.checks,
+        "warnings": raw.warnings,
         "has_masks": raw.masks is not None,
         "has_instances": raw.instances is not None,
     }

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import DatasetError
+from core.errors import DatasetError, DatasetWarning
 
 #: Image files the readers take, by name suffix (folders, the CLI, uploads).
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -34,18 +34,25 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 UPLOAD_SUFFIXES: tuple[str, ...] = IMAGE_SUFFIXES
 #: Largest uploaded image segmented (pixels); about 8k x 8k, whose float maps take ~1 GB.
 MAX_UPLOAD_PIXELS: int = 64_000_000
+#: Largest image file a dataset may hold (pixels, all pages): 16k x 16k. Checked from the
+#: header before decoding, so a small compressed "bomb" declaring a huge size costs nothing.
+MAX_FILE_PIXELS: int = 256_000_000
+#: Largest TIFF stack (pixels, all pages): 1,000 slices of 1k x 1k.
+MAX_STACK_PIXELS: int = 1_000_000_000
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 # ---- opening any source ------------------------------------------------------------------
 
 
-def _source_bytes(source: Any) -> tuple[bytes, str]:
-    """The file's bytes and a label naming it in error messages.
+def _source_bytes(source: Any, name: str | None = None) -> tuple[bytes, str]:
+    """The file's bytes and a label naming it in error messages (``name`` when given).
 
     ``source`` may be a path, raw bytes, or a file-like object (e.g. Streamlit's
     ``UploadedFile``, which has ``getvalue`` and ``name``).
     """
+    if name is not None and not isinstance(source, (str, Path)):
+        return _source_bytes(source)[0], name
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -55,8 +62,8 @@ def _source_bytes(source: Any) -> tuple[bytes, str]:
         except OSError as error:
             raise DatasetError(f"{path}: cannot read file ({error.strerror or error})") from None
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), "<uploaded bytes>"
-    label = str(getattr(source, "name", "<uploaded file>"))
+        return bytes(source), "the image given as bytes"
+    label = str(getattr(source, "name", "") or "the uploaded file")
     if hasattr(source, "getvalue"):
         return bytes(source.getvalue()), label
     if hasattr(source, "read"):
@@ -73,13 +80,43 @@ def _decode(data: bytes, label: str, palette_indices: bool) -> np.ndarray:
     if not data:
         raise DatasetError(f"{label}: empty file")
     try:
+        check_declared_size(label, data, MAX_FILE_PIXELS)
+    except _UnreadableHeader:
+        pass  # the decoder below says what is wrong with the file, in its own words
+    try:
         if data[:4] in _TIFF_MAGIC:
             return _decode_tiff(data, label)
         return _decode_pillow(data, label, palette_indices)
     except DatasetError:
         raise
     except Exception as error:  # every decoder failure (truncated, not an image, ...) is bad input
-        raise DatasetError(f"{label}: unreadable or corrupt image file ({type(error).__name__}: {error})") from None
+        raise DatasetError(f"{label}: unreadable or corrupt image file ({type(error).__name__}: "
+                           f"{_without_object_reprs(str(error), label)[:200]})") from None
+
+
+def _without_object_reprs(text: str, label: str) -> str:
+    """Decoder messages name in-memory files as ``<_io.BytesIO object at 0x...>``: name the file instead."""
+    import re
+
+    return re.sub(r"<_io\.\w+ object at 0x[0-9a-f]+>", label, text)
+
+
+def check_declared_size(label: str, data: bytes, max_pixels: int) -> None:
+    """Refuse a file whose header declares more than ``max_pixels`` pixels (all pages), before decoding.
+
+    Raises
+    ------
+    DatasetError
+        Naming the file, its declared size and the limit.
+    """
+    pages = _declared_sizes(label, data, max_pixels)
+    total = sum(height * width * planes for height, width, planes in pages)
+    if total > max_pixels:
+        height, width, planes = pages[0]
+        size = (f"{width} x {height} pixels" if len(pages) == 1 and planes == 1
+                else f"{len(pages)} page(s) with {total:,} pixels in all")
+        raise DatasetError(f"{label}: {size} is over the limit of {max_pixels:,} pixels "
+                           f"({_limit_side(max_pixels)}); crop or downscale it first")
 
 
 def _decode_tiff(data: bytes, label: str) -> np.ndarray:
@@ -89,6 +126,11 @@ def _decode_tiff(data: bytes, label: str) -> np.ndarray:
         series = tif.series[0]
         array = series.asarray()
         axes = series.axes
+        n_pages = len(tif.pages)
+    if n_pages > 1 and "S" in axes:
+        warnings.warn(DatasetWarning(f"{label}: {n_pages} pages read as the {array.shape[axes.index('S')]} colour "
+                                     "channels of one image (as the file's metadata says); if they are separate "
+                                     "grey images, save them as separate files"), stacklevel=2)
     if array.size == 0:
         raise DatasetError(f"{label}: unreadable or corrupt image file (no readable pages)")
     # Planar RGB ("SYX") becomes interleaved (Y, X, S).
@@ -149,13 +191,15 @@ def _native_dtype(array: np.ndarray, label: str) -> np.ndarray:
     raise DatasetError(f"{label}: unsupported pixel type {array.dtype}")
 
 
-def read_raw_image(source: Any) -> np.ndarray:
+def read_raw_image(source: Any, name: str | None = None) -> np.ndarray:
     """Read one image in its native dtype.
 
     Parameters
     ----------
     source : path, bytes or file-like
         A PNG, TIFF or JPEG file (8- or 16-bit; grey, grey+alpha, RGB, RGBA, palette).
+    name : str, optional
+        How messages name the file when ``source`` is bytes or a file object.
 
     Returns
     -------
@@ -168,7 +212,7 @@ def read_raw_image(source: Any) -> np.ndarray:
     DatasetError
         Missing, unreadable or corrupt file; a multi-page stack; an unsupported channel count.
     """
-    data, label = _source_bytes(source)
+    data, label = _source_bytes(source, name)
     array = _decode(data, label, palette_indices=False)
     if array.ndim == 2:
         array = array[:, :, None]
@@ -199,7 +243,7 @@ def to_float(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
-def read_image(path_or_bytes: Any) -> np.ndarray:
+def read_image(path_or_bytes: Any, name: str | None = None) -> np.ndarray:
     """Read one image as float32 (H, W, C) in [0, 1].
 
     Parameters
@@ -216,7 +260,7 @@ def read_image(path_or_bytes: Any) -> np.ndarray:
     DatasetError
         On a missing, unreadable or unsupported file.
     """
-    return to_float(read_raw_image(path_or_bytes))
+    return to_float(read_raw_image(path_or_bytes, name))
 
 
 # ---- uploads --------------------------------------------------------------------------------
@@ -240,15 +284,8 @@ def read_upload(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> 
                            f"upload a PNG, JPEG or TIFF image ({', '.join(UPLOAD_SUFFIXES)})")
     if not data:
         raise DatasetError(f"{name}: the file is empty")
-    pages = _declared_sizes(name, data, max_pixels)
-    total = sum(height * width * planes for height, width, planes in pages)
-    if total > max_pixels:
-        height, width, planes = pages[0]
-        size = (f"{width} x {height} pixels" if len(pages) == 1 and planes == 1
-                else f"{len(pages)} page(s) with {total:,} pixels in all")
-        raise DatasetError(f"{name}: {size} is over the limit of {max_pixels:,} pixels "
-                           f"({_limit_side(max_pixels)}); crop or downscale it first")
-    return read_image(bytes(data))
+    check_declared_size(name, data, max_pixels)
+    return read_image(bytes(data), name=name)
 
 
 def image_dimensions(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[int, int]:
@@ -300,8 +337,12 @@ def _declared_sizes(name: str, data: bytes, max_pixels: int) -> list[tuple[int, 
                            f"({_limit_side(max_pixels)}); crop or downscale it first") from None
     except Exception as error:  # any header failure means the file is not a readable image
         detail = "" if "cannot identify image file" in str(error) else f" ({type(error).__name__}: {str(error)[:160]})"
-        raise DatasetError(f"{name}: not a readable PNG, JPEG or TIFF image: the file is of another type "
-                           f"or corrupt{detail}") from None
+        raise _UnreadableHeader(f"{name}: not a readable PNG, JPEG or TIFF image: the file is of another type "
+                                f"or corrupt{detail}") from None
+
+
+class _UnreadableHeader(DatasetError):
+    """A header that cannot be read (as opposed to one that declares too many pixels)."""
 
 
 # ---- masks ----------------------------------------------------------------------------------
@@ -438,6 +479,15 @@ def read_stack(path: Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            declared = sum(int(page.imagelength) * int(page.imagewidth) * max(1, int(page.imagedepth or 1))
+                           for page in tif.pages)
+    except Exception as error:
+        raise DatasetError(f"{path}: unreadable or corrupt TIFF stack ({type(error).__name__}: {error})") from None
+    if declared > MAX_STACK_PIXELS:
+        raise DatasetError(f"{path}: the stack declares {declared:,} pixels, over the limit of "
+                           f"{MAX_STACK_PIXELS:,}; split it or crop it first")
     try:
         stack = tifffile.imread(path)
     except Exception as error:

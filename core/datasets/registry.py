@@ -112,6 +112,54 @@ def validate_raw(raw: RawData, where: str) -> None:
                 )
     if raw.masks is not None:
         raw.checks = raw.checks + [f"every image has a mask of the same size ({len(raw.images)} images)"]
+    raw.warnings = raw.warnings + content_warnings(raw)
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def content_warnings(raw: RawData) -> list[str]:
+    """What loads but deserves a look: tiny or constant images, masks that are all empty or all full."""
+    found = []
+    tiny = [name for image, name in zip(raw.images, raw.names) if min(image.shape[:2]) < 16]
+    if tiny:
+        found.append(f"{len(tiny)} image(s) smaller than 16 pixels on a side ({_listing(tiny)}): too small "
+                     "for a U-Net to see context; training patches shrink to them")
+    constant = [name for image, name in zip(raw.images, raw.names) if image.size and image.min() == image.max()]
+    if constant:
+        found.append(f"{len(constant)} constant image(s), every pixel the same value ({_listing(constant)}): "
+                     "nothing to segment")
+    if raw.masks is not None:
+        empty = [name for mask, name in zip(raw.masks, raw.names) if not mask.any()]
+        full = [name for mask, name in zip(raw.masks, raw.names) if mask.size and mask.all()]
+        if empty:
+            found.append(f"{len(empty)} of {len(raw.masks)} mask(s) are all background ({_listing(empty)})"
+                         + (": no image has a positive pixel, so nothing can be learnt" if len(empty) == len(raw.masks)
+                            else ""))
+        if full:
+            found.append(f"{len(full)} of {len(raw.masks)} mask(s) are all foreground ({_listing(full)}): check the "
+                         "mask convention (is 0 the background?)")
+    return found
+
+
+def read_with_warnings(source: Source, plan) -> RawData:
+    """``source.read(plan)``, with every :class:`DatasetWarning` raised while reading kept in ``warnings``."""
+    import warnings
+
+    from core.errors import DatasetWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DatasetWarning)
+        raw = source.read(plan)
+    raw.warnings = raw.warnings + list(dict.fromkeys(str(w.message) for w in caught
+                                                     if issubclass(w.category, DatasetWarning)))
+    return raw
+
+
+def _cache_failed(error: OSError) -> str:
+    return (f"the dataset cache could not be written ({error.strerror or error}); the data loaded and "
+            "training works, but the next load decodes the files again")
 
 
 def load_dataset(
@@ -155,19 +203,30 @@ def load_dataset(
     root_path = Path(root) if root is not None and spec.needs_root else None
     plan = source.plan(root_path, split)
 
-    entry = entry_path(name, split, size, plan.files, source.version) if use_cache else None
+    cache_problem = None
+    try:  # the cache is only an optimisation: a cache folder that cannot be made must not stop a load
+        entry = entry_path(name, split, size, plan.files, source.version) if use_cache else None
+        native_entry = entry_path(name, split, None, plan.files, source.version) if use_cache and size else None
+    except OSError as error:
+        entry = native_entry = None
+        cache_problem = _cache_failed(error)
     raw = load_entry(entry) if entry is not None else None
     from_cache = raw is not None
     if raw is None:
         # A resized load starts from the cached native arrays when there are some: no decoding.
-        native_entry = entry_path(name, split, None, plan.files, source.version) if use_cache and size else None
         raw = load_entry(native_entry) if native_entry is not None else None
         if raw is None:
-            raw = source.read(plan)
+            raw = read_with_warnings(source, plan)
             validate_raw(raw, f"{name}/{split}" + (f" at {root_path}" if root_path is not None else ""))
             raw = unify_channels(raw)
         if size is not None:
             raw = resize_raw(raw, size)
         if entry is not None:
-            save_entry(entry, raw)
-    return Dataset(spec, root_path, split, size, raw, from_cache=from_cache)
+            try:
+                save_entry(entry, raw)
+            except OSError as error:
+                cache_problem = _cache_failed(error)
+    dataset = Dataset(spec, root_path, split, size, raw, from_cache=from_cache)
+    if cache_problem:
+        dataset.warnings.append(cache_problem)
+    return dataset
