@@ -440,7 +440,6 @@ class RunState:
     run_id: str
     status: str
     evaluated: bool
-    process_alive: bool
     created: float = 0.0
 
 
@@ -470,7 +469,7 @@ def decide_action(matches: Sequence[RunState]) -> tuple[str, str | None]:
         if state.status == "finished" and state.evaluated:
             return "skip", state.run_id
     for state in newest_first:
-        if state.status in ("queued", "running") or (state.status == "finished" and state.process_alive):
+        if state.status in ("queued", "running", "evaluating"):
             return "wait", state.run_id
     for state in newest_first:
         if state.status == "finished":
@@ -483,13 +482,10 @@ def decide_action(matches: Sequence[RunState]) -> tuple[str, str | None]:
 
 def run_states(registry: Registry, study: str) -> dict[str, list[RunState]]:
     """Existing runs of a study grouped by cell identity (dead processes reaped first)."""
-    from core.runs import process_alive
-
     registry.reap_dead()
     groups: dict[str, list[RunState]] = {}
     for run in registry.list_runs(study=study):
-        state = RunState(run.id, run.status, registry.get_evaluation(run.id, "val") is not None,
-                         process_alive(run.pid), run.created)
+        state = RunState(run.id, run.status, registry.get_evaluation(run.id, "val") is not None, run.created)
         groups.setdefault(run_identity(run.config), []).append(state)
     return groups
 
@@ -530,14 +526,10 @@ def launch(plan: Sequence[PlannedRun], registry: Registry, max_parallel: int | N
 # --------------------------------------------------------------------------------------
 
 
-def run_done(record: Any, evaluated: bool) -> bool:
-    """True when a run will change no more: failed, cancelled, or finished and evaluated
-    (or finished with no process left to evaluate it)."""
-    from core.runs import process_alive
-
-    if record.status in ("failed", "cancelled"):
-        return True
-    return record.status == "finished" and (evaluated or not process_alive(record.pid))
+def run_done(record: Any, evaluated: bool = True) -> bool:
+    """True when a run will change no more: finished, failed or cancelled (a run is only
+    ``finished`` once its evaluation is stored, or when it was trained with --no-evaluate)."""
+    return record.status in ("finished", "failed", "cancelled")
 
 
 def run_seconds(record: Any, evaluation: Mapping[str, Any] | None) -> float | None:
@@ -598,14 +590,11 @@ def study_progress(run_ids: Sequence[str], registry: Registry, parallel: int = 1
             seconds = run_seconds(record, evaluation)
             if seconds is not None:
                 durations.append(seconds)
-            elif not run_done(record, False):  # still being evaluated: counts as running
-                running += 1
-                running_elapsed.append(now - (record.started or now))
         elif record.status == "failed":
             failed += 1
         elif record.status == "cancelled":
             cancelled += 1
-        elif record.status == "running":
+        elif record.status in ("running", "evaluating"):
             running += 1
             running_elapsed.append(now - (record.started or now))
         else:

@@ -152,6 +152,9 @@ def progress_view(status: str, progress: Mapping[str, Any], error: str | None = 
         return ProgressView(1.0, f"finished: {epochs} epoch{'' if epochs == 1 else 's'}" if epochs else "finished")
     if status == "queued":
         return ProgressView(0.0, "queued: waits for a free training slot")
+    if status == "evaluating":
+        return ProgressView(1.0, f"evaluating: training done ({epochs} epoch{'' if epochs == 1 else 's'}); scoring "
+                                 "the best checkpoint on the validation images with every metric")
     if status in ("failed", "cancelled"):
         reason = (error or "").strip().splitlines()[0][:160] if error else ""
         done = progress.get("epoch")
@@ -195,18 +198,10 @@ def status_table(records: Sequence[Any]) -> pd.DataFrame:
 
 
 def evaluation_state(record: Any, has_evaluation: bool) -> str:
-    """``"done"``, ``"running"`` (the finished run's process is still evaluating) or ``"not done"``.
-
-    The training process evaluates its run right after marking it finished, so a finished
-    run whose process is alive is being evaluated.
-    """
-    from core.runs import process_alive
-
+    """``"done"``, ``"running"`` (the run's status is ``evaluating``) or ``"not done"``."""
     if has_evaluation:
         return "done"
-    if record.status == "finished" and process_alive(record.pid):
-        return "running"
-    return "not done"
+    return "running" if record.status == "evaluating" else "not done"
 
 
 def runs_table(records: Sequence[Any], evaluations: Mapping[str, Mapping[str, Any] | None],

@@ -43,7 +43,7 @@ def recent_runs() -> None:
     registry = Registry()
     registry.reap_dead()
     runs = registry.list_runs()
-    active = sum(run.status in ("queued", "running") for run in runs)
+    active = sum(run.status in ("queued", "running", "evaluating") for run in runs)
     worker = "running" if worker_running(registry) else "idle (starts when a run is launched)"
     st.markdown(f"**{len(runs)}** run{'' if len(runs) == 1 else 's'} in the registry, **{active}** queued or "
                 f"running; training worker: {worker}.")

@@ -223,8 +223,8 @@ def runs_panel() -> None:
     registry = Registry()
     registry.reap_dead()
     runs = registry.list_runs()
-    active = [run for run in runs if run.status in ("queued", "running")]
-    ended = [run for run in runs if run.status not in ("queued", "running")]
+    active = [run for run in runs if run.status in ("queued", "running", "evaluating")]
+    ended = [run for run in runs if run.status not in ("queued", "running", "evaluating")]
     worker = queue.worker_running(registry)
     st.caption(f"{len(active)} queued or running, {len(ended)} ended. Training worker: "
                f"{'running' if worker else 'idle'}. Updates every 2 s.")
@@ -240,7 +240,7 @@ def runs_panel() -> None:
         with st.container(border=True):
             head, buttons = st.columns([5, 1])
             head.markdown(f"**{run.config.label()}** &nbsp; `{run.id}` &nbsp; status: **{run.status}**")
-            if run.status in ("queued", "running"):
+            if run.status in ("queued", "running", "evaluating"):
                 buttons.button("Cancel", key=f"cancel-{run.id}", on_click=cancel, args=(run.id,))
             elif run.status in ("failed", "cancelled"):
                 buttons.button("Resume", key=f"resume-{run.id}", on_click=resume, args=(run.id,))

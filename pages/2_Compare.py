@@ -109,7 +109,7 @@ else:
 
 st.header("Training curves")
 labels = run_labels(shown)
-with_epochs = [run.id for run in shown if run.status in ("finished", "running", "failed", "cancelled")]
+with_epochs = [run.id for run in shown if run.status in ("finished", "running", "evaluating", "failed", "cancelled")]
 chosen = st.multiselect("Runs", with_epochs, default=with_epochs[:5], format_func=labels.get, key="curve_runs")
 if chosen:
     histories = {labels[run_id]: registry.epochs(run_id) for run_id in chosen}

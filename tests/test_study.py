@@ -141,13 +141,13 @@ def test_validate_grid_on_real_isbi_makes_roots_absolute(isbi2012_root):
 
 @pytest.mark.parametrize("states, expected", [
     ([], ("queue", None)),
-    ([RunState("a", "finished", True, False)], ("skip", "a")),
-    ([RunState("a", "failed", False, False), RunState("b", "finished", True, False)], ("skip", "b")),
-    ([RunState("a", "queued", False, False)], ("wait", "a")),
-    ([RunState("a", "running", False, True)], ("wait", "a")),
-    ([RunState("a", "finished", False, True)], ("wait", "a")),  # being evaluated
-    ([RunState("a", "finished", False, False)], ("evaluate", "a")),  # killed while evaluating
-    ([RunState("a", "cancelled", False, False, 1.0), RunState("b", "failed", False, False, 2.0)], ("resume", "b")),
+    ([RunState("a", "finished", True)], ("skip", "a")),
+    ([RunState("a", "failed", False), RunState("b", "finished", True)], ("skip", "b")),
+    ([RunState("a", "queued", False)], ("wait", "a")),
+    ([RunState("a", "running", False)], ("wait", "a")),
+    ([RunState("a", "evaluating", False)], ("wait", "a")),  # being evaluated
+    ([RunState("a", "finished", False)], ("evaluate", "a")),  # trained with --no-evaluate
+    ([RunState("a", "cancelled", False, 1.0), RunState("b", "failed", False, 2.0)], ("resume", "b")),
 ])
 def test_skip_logic(states, expected):
     assert decide_action(states) == expected

@@ -122,8 +122,9 @@ def test_status_table_and_evaluation_state():
     finished = record("b")
     assert tables.evaluation_state(finished, True) == "done"
     assert tables.evaluation_state(finished, False) == "not done"
-    finished.pid = os.getpid()  # its process is alive: it is evaluating
-    assert tables.evaluation_state(finished, False) == "running"
+    finished.pid = os.getpid()  # a live pid no longer means anything: the status says it
+    assert tables.evaluation_state(finished, False) == "not done"
+    assert tables.evaluation_state(record("c", status="evaluating"), False) == "running"
 
 
 # ---- operating points ------------------------------------------------------------------------
