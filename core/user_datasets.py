@@ -37,15 +37,47 @@ def user_datasets_path() -> Path:
 
 
 def load_user_datasets(path: Path | None = None) -> list[UserDataset]:
-    """The registered folders, oldest first (an unreadable list counts as empty)."""
+    """The registered folders, oldest first.
+
+    A list that cannot be read (damaged JSON, entries of the wrong shape) is never treated
+    as empty and overwritten: it is renamed to ``user_datasets.json.damaged-<time>`` beside
+    it, so the paths it held can still be read, and :func:`damaged_lists` reports it.
+    """
     path = path or user_datasets_path()
     if not path.is_file():
         return []
     try:
-        entries = json.loads(path.read_text())
-        return [UserDataset(**entry) for entry in entries]
-    except (ValueError, TypeError):
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(entries, list):
+            raise TypeError(f"expected a list of folders, found a {type(entries).__name__}")
+        folders = [UserDataset(**entry) for entry in entries]
+        if not all(isinstance(f.root, str) and isinstance(f.dataset, str) and isinstance(f.label, str) for f in folders):
+            raise TypeError("an entry's label, dataset or root is not text")
+        return folders
+    except (ValueError, TypeError, OSError):
+        stamp, number = time.strftime("%Y%m%d-%H%M%S"), 0
+        kept = path.with_name(f"{path.name}.damaged-{stamp}")
+        while kept.exists():  # two damaged lists within a second: keep both
+            number += 1
+            kept = path.with_name(f"{path.name}.damaged-{stamp}-{number}")
+        path.replace(kept)
         return []
+
+
+def damaged_lists(path: Path | None = None) -> list[Path]:
+    """Damaged lists of registered folders kept aside by :func:`load_user_datasets`, oldest first."""
+    path = path or user_datasets_path()
+    return sorted(path.parent.glob(f"{path.name}.damaged-*"))
+
+
+def damaged_list_message(path: Path | None = None) -> str | None:
+    """A sentence for the pages when a damaged list was kept aside, else None."""
+    kept = damaged_lists(path)
+    if not kept:
+        return None
+    return (f"The list of registered folders was damaged and was kept aside as {kept[-1]} "
+            f"({len(kept)} such file(s)); the folders it named must be registered again (the file shows their "
+            "paths). Delete the damaged file(s) to hide this note.")
 
 
 def register_user_dataset(dataset: str, root: str | Path, label: str | None = None,

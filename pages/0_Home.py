@@ -8,7 +8,7 @@ from core.datasets import list_datasets
 from core.queue import worker_running
 from core.runs import Registry
 from core.tables import datasets_table, status_table
-from core.user_datasets import load_user_datasets
+from core.user_datasets import damaged_list_message, load_user_datasets
 
 
 @st.cache_resource
@@ -34,7 +34,10 @@ st.caption(f"Training device: {training_device()}. Runs and results are stored i
 st.header("Datasets")
 st.markdown("Built-in synthetic sets need no files; the others (and any folder of images + masks) are "
             "used by registering their folder on the **Train** page.")
-st.dataframe(datasets_table(list_datasets(), load_user_datasets()),
+folders = load_user_datasets()
+if damaged_list_message():
+    st.warning(damaged_list_message())
+st.dataframe(datasets_table(list_datasets(), folders),
              hide_index=True, width="stretch")
 
 

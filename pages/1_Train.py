@@ -15,7 +15,7 @@ from core.figures import training_curves_figure
 from core.runs import Registry
 from core.study import check_study_name, configs_for_grid, grid_from_config, parse_seeds, record_study
 from core.tables import dataset_choices, evaluation_state, progress_view
-from core.user_datasets import load_user_datasets, register_user_dataset
+from core.user_datasets import damaged_list_message, load_user_datasets, register_user_dataset
 
 DEFAULTS = RunConfig()
 
@@ -70,7 +70,10 @@ st.markdown("Runs train in separate processes through a queue, so you can reload
 
 st.header("1. Dataset")
 specs = list_datasets()
-choices = dataset_choices(specs, load_user_datasets())
+folders = load_user_datasets()
+if damaged_list_message():
+    st.warning(damaged_list_message())
+choices = dataset_choices(specs, folders)
 labels = [choice.label for choice in choices]
 chosen_label = st.selectbox("Dataset", labels, key="dataset_choice",
                             help="Built-in synthetic sets need no files; add your own folder below.")

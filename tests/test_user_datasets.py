@@ -60,3 +60,28 @@ def test_the_list_is_written_whole_and_an_unreadable_one_counts_as_empty(tmp_pat
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []  # no temporary file left
     path.write_text("{not json")
     assert load_user_datasets() == []
+
+
+def test_a_damaged_list_is_kept_aside_not_overwritten(tmp_path):
+    from core.user_datasets import damaged_list_message, damaged_lists, load_user_datasets, register_user_dataset
+
+    path = tmp_path / "user_datasets.json"
+    path.write_text('[{"label": "mine", "dataset": "folder", "root": "/data/mine"')  # cut off mid-write
+    assert load_user_datasets(path) == []
+    kept = damaged_lists(path)
+    assert len(kept) == 1 and "/data/mine" in kept[0].read_text() and not path.exists()
+    assert str(kept[0]) in damaged_list_message(path)
+    folder = tmp_path / "set"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    import numpy as np
+    from PIL import Image
+
+    for name in ("a", "b"):
+        Image.fromarray(np.eye(8, dtype=np.uint8) * 255).save(folder / "images" / f"{name}.png")
+        Image.fromarray(np.eye(8, dtype=np.uint8)).save(folder / "masks" / f"{name}.png")
+    register_user_dataset("folder", folder, path=path)
+    assert [entry.root for entry in load_user_datasets(path)] == [str(folder.resolve())]
+    assert "/data/mine" in kept[0].read_text()  # the damaged list is still there to read
+    path.write_text('{"not": "a list"}')
+    assert load_user_datasets(path) == [] and len(damaged_lists(path)) == 2
