@@ -182,3 +182,14 @@ def test_filters_and_delete(registry):
         registry.delete_run(first)
     registry.delete_run(second)
     assert [r.id for r in registry.list_runs()] == [first]
+
+
+def test_runs_list_says_when_a_filter_matches_nothing(capsys):
+    from core.cli import main
+
+    assert main(["runs", "list"]) == 0
+    assert "no runs yet" in capsys.readouterr().out
+    Registry().create_run(RunConfig())
+    assert main(["runs", "list", "--status", "failed"]) == 0
+    out = capsys.readouterr().out
+    assert "no run matches status failed" in out and "holds 1 run" in out

@@ -46,7 +46,13 @@ def list_runs(args: argparse.Namespace) -> int:
         print(json.dumps(rows))
         return 0
     if not runs:
-        print("no runs yet")
+        filters = [f"{name} {value}" for name, value in (("status", args.status), ("dataset", args.dataset),
+                                                           ("study", args.study)) if value is not None]
+        if filters and registry.list_runs():
+            print(f"no run matches {' and '.join(filters)} (the registry {registry.path} holds "
+                  f"{len(registry.list_runs())} run(s); `unetlab runs list` shows them all)")
+        else:
+            print(f"no runs yet in the registry {registry.path}")
         return 0
     print(f"{'run id':<44} {'status':<10} {'dataset':<22} {'train':>6} {'aug':<7} {'seed':>4} {'epoch':>7} {'val F1':>7}")
     for run in runs:

@@ -34,6 +34,12 @@ def connectivity_for(kind: str) -> int:
     return CONNECTIVITY[kind]
 
 
+def display_name(name: str) -> str:
+    """A file name that can be shown and stored anywhere: bytes that are not UTF-8 (kept by
+    Python as lone surrogates, which a browser page or a JSON file cannot encode) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 @dataclass
 class Sample:
     """One image with its labels.
@@ -159,7 +165,7 @@ class Dataset:
         self.root = root
         self.split_name = split_name
         self.size = size
-        self.names = list(raw.names)
+        self.names = [display_name(name) for name in raw.names]
         self.checks = list(raw.checks)
         self.warnings = list(raw.warnings)
         self.from_cache = from_cache
