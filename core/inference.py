@@ -24,7 +24,7 @@ import torch
 
 from core.config import RunConfig
 from core.errors import RunError
-from core.predict import TileSettings, iter_tiles, match_channels, predict_probabilities
+from core.predict import TileSettings, iter_tiles, predict_probabilities
 
 #: Largest overlap of neighbouring tiles, in pixels; smaller tiles overlap by a quarter.
 MAX_TILE_OVERLAP = 64
@@ -185,8 +185,10 @@ def predict_image(loaded: LoadedModel, image: np.ndarray, tile_size: int | None 
     Parameters
     ----------
     loaded : LoadedModel
-    image : ndarray, float32, shape (H, W, C) or (H, W), values in [0, 1]
-        Grey images go to colour models by repetition and colour to grey by the mean.
+    image : ndarray, shape (H, W, C) or (H, W)
+        float32 in [0, 1], or uint8 / uint16 (scaled tile by tile: a large upload is never
+        held as float32 whole). Grey images go to colour models by repetition and colour to
+        grey by the mean.
     tile_size, overlap : int, optional
         Override the run's tile settings (see :func:`tile_settings`).
     flip_tta : bool
@@ -203,15 +205,19 @@ def predict_image(loaded: LoadedModel, image: np.ndarray, tile_size: int | None 
     Prediction
         ``probability`` float32 (H, W) of the input image.
     """
+    from core.datasets.registry import resize_image
+
     settings = tile_settings(loaded.config, tile_size, overlap, flip_tta)
-    image = match_channels(image, loaded.channels, source=source)
+    if image.ndim == 2:
+        image = image[:, :, None]
     native = image.shape[:2]
     target = network_shape(loaded.config, native, scale)
     started = time.perf_counter()
     if target != native:
-        image = _resize(image, target, order=1, anti_aliasing=True)
+        image = resize_image(image, target)
     probability = predict_probabilities(loaded.model, image, settings, loaded.device, loaded.precision,
-                                        channels_last=loaded.channels_last)
+                                        channels_last=loaded.channels_last, channels=loaded.channels,
+                                        source=source)
     if target != native:
         probability = np.clip(_resize(probability, native, order=1, anti_aliasing=False), 0, 1).astype(np.float32)
     return Prediction(probability=probability, seconds=time.perf_counter() - started,

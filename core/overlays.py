@@ -175,17 +175,23 @@ def mask_download(mask: np.ndarray) -> bytes:
     return png_bytes(np.asarray(mask, bool))
 
 
-def labels_download(labels: np.ndarray) -> tuple[bytes, str, str]:
-    """An instance label image as a file: (bytes, suffix, MIME type).
-
-    16-bit PNG while the ids fit (up to 65,535 objects), else a 32-bit TIFF, so the
-    ids survive exactly.
-    """
+def labels_file_type(labels: np.ndarray) -> tuple[str, str]:
+    """(suffix, MIME type) of :func:`labels_download`'s file: 16-bit PNG while the ids fit
+    (up to 65,535 objects), else a 32-bit TIFF, so the ids survive exactly."""
     labels = np.asarray(labels)
     if labels.size and labels.min() < 0:
         raise UNetLabError("label ids must be non-negative")
     if not labels.size or labels.max() <= 65535:
-        return png_bytes(labels.astype(np.uint16)), ".png", "image/png"
+        return ".png", "image/png"
+    return ".tif", "image/tiff"
+
+
+def labels_download(labels: np.ndarray) -> tuple[bytes, str, str]:
+    """An instance label image as a file: (bytes, suffix, MIME type); see :func:`labels_file_type`."""
+    labels = np.asarray(labels)
+    suffix, mime = labels_file_type(labels)
+    if suffix == ".png":
+        return png_bytes(labels.astype(np.uint16, copy=False)), suffix, mime
     import tifffile
 
     buffer = io.BytesIO()

@@ -53,20 +53,21 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
+def blending_ramp(length: int, overlap: int) -> np.ndarray:
+    """float32 (length,) weights: 1 in the middle, a raised-cosine ramp over ``overlap`` pixels
+    at each end, never exactly 0 so pixels that only one tile covers stay defined."""
+    weights = np.ones(length, np.float32)
+    band = min(overlap, length // 2)
+    if band > 0:
+        rise = 0.5 - 0.5 * np.cos(np.pi * (np.arange(band) + 0.5) / band)
+        weights[:band] = rise
+        weights[length - band:] = rise[::-1]
+    return np.maximum(weights, np.float32(1e-3))
+
+
 def blending_window(height: int, width: int, overlap: int) -> np.ndarray:
-    """float32 (height, width) weights: 1 in the middle, a raised-cosine ramp over ``overlap``
-    pixels at each edge, never exactly 0 so pixels that only one tile covers stay defined."""
-
-    def ramp(length: int) -> np.ndarray:
-        weights = np.ones(length, np.float32)
-        band = min(overlap, length // 2)
-        if band > 0:
-            rise = 0.5 - 0.5 * np.cos(np.pi * (np.arange(band) + 0.5) / band)
-            weights[:band] = rise
-            weights[length - band:] = rise[::-1]
-        return np.maximum(weights, 1e-3)
-
-    return np.outer(ramp(height), ramp(width)).astype(np.float32)
+    """float32 (height, width) weights: the outer product of two :func:`blending_ramp`."""
+    return np.outer(blending_ramp(height, overlap), blending_ramp(width, overlap)).astype(np.float32)
 
 
 def iter_tiles(height: int, width: int, settings: TileSettings) -> Iterator[tuple[int, int, int, int]]:
@@ -103,6 +104,21 @@ def autocast_context(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def tile_as_float(tile: np.ndarray, channels: int | None, source: str = "the image") -> np.ndarray:
+    """One tile as float32 (h, w, C) in [0, 1], with the model's channels.
+
+    uint8 is divided by 255 and uint16 by 65535 (as the loaders do); floats are kept. Doing
+    this per tile keeps a large image in its native dtype (a quarter of float32's memory).
+    """
+    if tile.dtype == np.uint8:
+        tile = tile.astype(np.float32) * np.float32(1 / 255)
+    elif tile.dtype == np.uint16:
+        tile = tile.astype(np.float32) * np.float32(1 / 65535)
+    else:
+        tile = tile.astype(np.float32, copy=False)
+    return tile if channels is None else match_channels(tile, channels, source)
+
+
 @torch.no_grad()
 def predict_probabilities(
     model: torch.nn.Module,
@@ -111,6 +127,8 @@ def predict_probabilities(
     device: torch.device | str | None = None,
     precision: str = "fp32",
     channels_last: bool = False,
+    channels: int | None = None,
+    source: str = "the image",
 ) -> np.ndarray:
     """Probability of the positive class for every pixel of ``image``.
 
@@ -118,16 +136,29 @@ def predict_probabilities(
     ----------
     model : torch.nn.Module
         Maps (N, C, h, w) float tensors to (N, 1, h, w) logits; put in eval mode here.
-    image : ndarray, float32, shape (H, W, C) or (H, W)
-        Intensities in [0, 1]; C must match the model's input channels.
+    image : ndarray, shape (H, W, C) or (H, W)
+        float32 intensities in [0, 1], or uint8 / uint16 (scaled tile by tile, so a large
+        image is never held as float32 whole).
     settings : TileSettings
         Tile size, overlap, batch size and flip test-time augmentation.
     device, precision, channels_last
         Where and how to run the model; ``precision`` is "fp32", "bf16" or "fp16".
+    channels : int, optional
+        The model's input channels: each tile is adapted (grey repeated to RGB, RGB averaged
+        to grey); None when the image already has them.
+    source : str
+        How an error names the image.
 
     Returns
     -------
     ndarray, float32, shape (H, W), values in [0, 1].
+
+    Notes
+    -----
+    Memory beyond the image: one float32 (H, W) map and a batch of tiles. The blending
+    weights of a regular grid of equal tiles are separable (the window is an outer product
+    of two 1-D ramps), so their sum is the outer product of two 1-D sums and is never stored
+    as an image.
     """
     settings = settings or TileSettings()
     if image.ndim == 2:
@@ -138,21 +169,30 @@ def predict_probabilities(
     model.eval()
     height, width = image.shape[:2]
     summed = np.zeros((height, width), np.float32)
-    weight_sum = np.zeros((height, width), np.float32)
     tiles = list(iter_tiles(height, width, settings))
-    window = blending_window(tiles[0][2], tiles[0][3], settings.overlap if len(tiles) > 1 else 0)
+    tile_h, tile_w = tiles[0][2], tiles[0][3]
+    overlap = settings.overlap if len(tiles) > 1 else 0
+    ramp_h, ramp_w = blending_ramp(tile_h, overlap), blending_ramp(tile_w, overlap)
+    window = np.outer(ramp_h, ramp_w)
 
     for first in range(0, len(tiles), settings.batch_size):
         batch_tiles = tiles[first:first + settings.batch_size]
-        batch = np.stack([image[top:top + h, left:left + w] for top, left, h, w in batch_tiles])
+        batch = np.stack([tile_as_float(image[top:top + h, left:left + w], channels, source)
+                          for top, left, h, w in batch_tiles])
         inputs = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), np.float32)).to(device)
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         probabilities = _forward(model, inputs, device, precision, settings.flip_tta)
         for (top, left, h, w), tile_probability in zip(batch_tiles, probabilities):
             summed[top:top + h, left:left + w] += tile_probability * window
-            weight_sum[top:top + h, left:left + w] += window
-    return summed / weight_sum
+    rows, columns = np.zeros(height, np.float32), np.zeros(width, np.float32)
+    for top in tile_starts(height, tile_h, settings.overlap):
+        rows[top:top + tile_h] += ramp_h
+    for left in tile_starts(width, tile_w, settings.overlap):
+        columns[left:left + tile_w] += ramp_w
+    summed /= rows[:, None]
+    summed /= columns[None, :]
+    return summed
 
 
 def _forward(model, inputs: torch.Tensor, device: torch.device, precision: str, flip_tta: bool) -> np.ndarray:

@@ -12,30 +12,32 @@ from app_shared import cached_model
 from core.datasets.base import CONNECTIVITY
 from core.datasets.io import MAX_UPLOAD_PIXELS, UPLOAD_SUFFIXES, read_upload
 from core.errors import UNetLabError
-from core.overlays import label_overlay, labels_download, mask_download, mask_overlay, probability_image
+from core.overlays import (label_overlay, labels_download, labels_file_type, mask_download, mask_overlay,
+                           probability_image)
 from core.postprocess import METHODS, postprocess, postprocess_parameters
 from core.predictions import dataset_kind
 from core.runs import Registry
+from core.segment import compact_labels, preview, preview_float, preview_step
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+# Few entries: a 64-megapixel upload's arrays are hundreds of MB, and each entry is per image.
+@st.cache_data(show_spinner=False, max_entries=2)
 def decoded_upload(name: str, data: bytes) -> np.ndarray:
-    return read_upload(name, data)
+    return read_upload(name, data, as_float=False)
 
 
-@st.cache_data(show_spinner="Predicting (tiled)...", max_entries=8)
+@st.cache_data(show_spinner="Predicting (tiled)...", max_entries=2)
 def predicted(checkpoint: str, modified: float, name: str, data: bytes, tile_size: int, flip_tta: bool, scale: str):
-    from core.inference import predict_image  # torch loads only once an image is uploaded
+    from core.segment import predict_upload  # torch loads only once an image is uploaded
 
-    image = decoded_upload(name, data)
-    return predict_image(cached_model(checkpoint, modified), image, tile_size=tile_size, flip_tta=flip_tta,
-                         source=name, scale=scale)
+    return predict_upload(cached_model(checkpoint, modified), decoded_upload(name, data), name, tile_size,
+                          flip_tta, scale)
 
 
-@st.cache_data(show_spinner="Post-processing...", max_entries=16)
+@st.cache_data(show_spinner="Post-processing...", max_entries=4)
 def instances(probability: np.ndarray, method: str, params: tuple) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
-    labels = postprocess(probability, method, **dict(params))
+    labels = compact_labels(postprocess(probability, method, **dict(params)))
     return labels, time.perf_counter() - started
 
 
@@ -114,18 +116,25 @@ metrics[2].metric("Prediction time", f"{seconds:.2f} s",
                   help=f"{tiles} tile(s) of up to {tile_size} px on {loaded.device.type}, {loaded.precision}")
 metrics[3].metric("Post-processing time", f"{post_seconds:.2f} s")
 st.caption(f"{uploaded.name}: {width} x {height} pixels, {image.shape[2]} channel(s) "
-           f"(model expects {loaded.channels}); {prediction.scale_note()}; model from run {run.id}, "
+           f"(model expects {loaded.channels}); {prediction.scale_note}; model from run {run.id}, "
            f"epoch {loaded.epoch}.")
 
 views = st.columns(3)
-views[0].image(label_overlay(image, labels_image, opacity), caption=f"instances ({method})", width="stretch")
-views[1].image(mask_overlay(image, mask, opacity), caption=f"mask at threshold {threshold:g}", width="stretch")
-views[2].image(probability_image(probability), caption="probability (viridis)", width="stretch")
+shown = preview_float(image)  # what the browser can show; downloads below are full size
+views[0].image(label_overlay(shown, preview(labels_image), opacity), caption=f"instances ({method})", width="stretch")
+views[1].image(mask_overlay(shown, preview(mask), opacity), caption=f"mask at threshold {threshold:g}", width="stretch")
+views[2].image(probability_image(preview(probability)), caption="probability (viridis)", width="stretch")
+if shown.shape[:2] != image.shape[:2]:
+    st.caption(f"Shown at {shown.shape[1]} x {shown.shape[0]} pixels (every {preview_step(image.shape)}th pixel); "
+               "the downloads are full size.")
 
 stem = Path(uploaded.name).stem
 downloads = st.columns(2)
-downloads[0].download_button("Download the mask (PNG, 0/255)", mask_download(mask),
+# The files are encoded when a button is clicked (a callable), not held with the page: a
+# 64-megapixel label image is a file of hundreds of MB.
+downloads[0].download_button("Download the mask (PNG, 0/255)", lambda: mask_download(mask),
                              file_name=f"{stem}-mask.png", mime="image/png", key="download_mask")
-label_bytes, suffix, mime = labels_download(labels_image)
-downloads[1].download_button(f"Download the label image ({suffix[1:].upper()}, 0 = background)", label_bytes,
+suffix, mime = labels_file_type(labels_image)
+downloads[1].download_button(f"Download the label image ({suffix[1:].upper()}, 0 = background)",
+                             lambda: labels_download(labels_image)[0],
                              file_name=f"{stem}-labels{suffix}", mime=mime, key="download_labels")

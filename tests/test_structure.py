@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     # 3: training, evaluation and the queue that runs them
     "core.train": 3, "core.evaluate": 3, "core.queue": 3, "core.lifecycle": 3, "core.predictions": 3,
     # 4: studies, and what is shown of runs: tables, figures, overlays
-    "core.study": 4, "core.tables": 4, "core.figures": 4, "core.overlays": 4,
+    "core.study": 4, "core.tables": 4, "core.figures": 4, "core.overlays": 4, "core.segment": 4,
     # 5: the report built from all of the above
     "core.report": 5,
     # 6: the command line

@@ -266,8 +266,11 @@ def read_image(path_or_bytes: Any, name: str | None = None) -> np.ndarray:
 # ---- uploads --------------------------------------------------------------------------------
 
 
-def read_upload(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> np.ndarray:
+def read_upload(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS, as_float: bool = True) -> np.ndarray:
     """Decode an uploaded image file into float32 (H, W, C) in [0, 1], C = 1 or 3.
+
+    With ``as_float=False`` the image keeps its native dtype (uint8 / uint16, see
+    :func:`read_raw_image`): a quarter (or half) of float32's memory for a large upload.
 
     The size is checked from the file header before the pixels are decoded; a TIFF counts
     the pixels of all its pages, since the decoder would allocate them all.
@@ -285,7 +288,7 @@ def read_upload(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> 
     if not data:
         raise DatasetError(f"{name}: the file is empty")
     check_declared_size(name, data, max_pixels)
-    return read_image(bytes(data), name=name)
+    return read_image(bytes(data), name=name) if as_float else read_raw_image(bytes(data), name=name)
 
 
 def image_dimensions(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[int, int]:

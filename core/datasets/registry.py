@@ -52,21 +52,31 @@ def normalize_size(size: int | tuple[int, int] | list[int] | None) -> tuple[int,
     return pair
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An image resized to ``size`` (height, width): bilinear with anti-aliasing, in its own dtype.
+
+    Integer images are rounded back to their dtype, so a resized set stays small; prediction
+    at a run's training scale (:func:`core.inference.predict_image`) resizes the same way, so
+    a file predicted there meets the network exactly as the loader's resized image did.
+    """
+    from skimage.transform import resize
+
+    size = (int(size[0]), int(size[1]))
+    if image.shape[:2] == size:
+        return image
+    out = resize(image, size + image.shape[2:], order=1, anti_aliasing=True, preserve_range=True)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(image.dtype)
+
+
 def resize_raw(raw: RawData, size: tuple[int, int]) -> RawData:
     """Resize every sample to ``size``: images bilinear with anti-aliasing, masks and instances nearest.
 
     Images keep their native dtype (rounded back to integers), so resized sets stay small.
     """
     from skimage.transform import resize
-
-    def resize_image(image: np.ndarray) -> np.ndarray:
-        if image.shape[:2] == size:
-            return image
-        out = resize(image, size + image.shape[2:], order=1, anti_aliasing=True, preserve_range=True)
-        if np.issubdtype(image.dtype, np.integer):
-            info = np.iinfo(image.dtype)
-            out = np.clip(np.rint(out), info.min, info.max)
-        return out.astype(image.dtype)
 
     def resize_labels(labels: np.ndarray) -> np.ndarray:
         if labels.shape == size:
@@ -75,7 +85,7 @@ def resize_raw(raw: RawData, size: tuple[int, int]) -> RawData:
         return out.astype(labels.dtype)
 
     return RawData(
-        images=[resize_image(image) for image in raw.images],
+        images=[resize_image(image, size) for image in raw.images],
         masks=None if raw.masks is None else [resize_labels(mask) for mask in raw.masks],
         instances=None if raw.instances is None else [resize_labels(labels) for labels in raw.instances],
         names=raw.names,
