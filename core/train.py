@@ -14,6 +14,7 @@ torch) is seeded from ``(config.seed, e)``. A run resumed from ``last.pt`` after
 from __future__ import annotations
 
 import queue
+import sys
 import signal
 import threading
 import time
@@ -425,6 +426,8 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
         torch.set_num_threads(config.threads)
     checkpoint_dir = registry.get_run(run_id).checkpoint_dir
     data = prepare_data(config)
+    for warning in data.dataset.warnings:  # printed even with --quiet: the data deserves a look
+        print(f"warning: {config.dataset}: {warning}", file=sys.stderr, flush=True)
     trainer = build_trainer(config, data.dataset.channels)
     progress = resume_or_start(trainer, data, config, run_id, registry, checkpoint_dir / "last.pt")
 

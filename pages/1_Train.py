@@ -105,6 +105,8 @@ st.markdown(
     + (f" ({share:.1%} of pixels)" if share is not None else "")
     + (f", {facts['n_instances']} objects" if facts.get("n_instances") is not None else "") + "."
 )
+for warning in facts.get("warnings", []):
+    st.warning(f"{choice.label}: {warning}")
 
 # ---- settings -------------------------------------------------------------------------------
 

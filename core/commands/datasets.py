@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
@@ -78,4 +79,6 @@ def run_describe(args: argparse.Namespace) -> int:
     print("  checks passed:")
     for check in info["checks"]:
         print(f"    - {check}")
+    for warning in info["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -38,6 +38,7 @@ def split_summary(dataset: Dataset) -> dict[str, Any]:
         "instances_per_image": None if per_image is None else round(sum(per_image) / len(per_image), 3),
         "from_cache": dataset.from_cache,
         "checks": dataset.checks,
+        "warnings": dataset.warnings,
     }
 
 
@@ -58,7 +59,7 @@ def describe_dataset(
     -------
     dict with keys name, title, root, split, size, kind, ordering, positive_class, n_images,
     shapes, dtype, channels, labelled, foreground_fraction, n_instances, instances_per_image,
-    checks, from_cache, load_seconds, paper_size, splits. ``ordering`` is ``"stack"`` (ordered
+    checks, warnings, from_cache, load_seconds, paper_size, splits. ``ordering`` is ``"stack"`` (ordered
     slices: runs validate on a contiguous block with a gap) or ``"independent"``.
     """
     spec = get_spec(name)
@@ -66,13 +67,14 @@ def describe_dataset(
     dataset = load_dataset(name, root, split=split, size=size, use_cache=use_cache)
     seconds = time.perf_counter() - started
     summary = split_summary(dataset)
-    splits: dict[str, Any] = {split: {key: value for key, value in summary.items() if key != "checks"}}
+    splits: dict[str, Any] = {split: {key: value for key, value in summary.items() if key not in ("checks", "warnings")}}
     for other in spec.splits:
         if other == split:
             continue
         try:
             splits[other] = split_summary(load_dataset(name, root, split=other, size=size, use_cache=use_cache))
             splits[other].pop("checks")
+            splits[other].pop("warnings")
         except DatasetError as error:
             if split == "train" and other != "train":
                 splits[other] = {"available": False, "error": str(error)}
