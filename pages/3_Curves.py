@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_shared import evaluated_runs, stored_curves
+from app_shared import evaluated_runs, stored_curves, stored_summary
 from core.figures import roc_pr_figures
 from core.runs import Registry
-from core.tables import operating_points_table, run_labels
+from core.tables import operating_points_table, run_labels, split_label
 
 
 st.title("Curves")
@@ -47,6 +47,9 @@ left.plotly_chart(roc, key="roc")
 right.plotly_chart(pr, key="pr")
 st.subheader(f"Operating points at threshold {threshold:g}")
 st.dataframe(operating_points_table(curves, threshold), hide_index=True, width="stretch")
+st.caption("Computed on: " + "; ".join(
+    f"{labels[run_id]}: {split_label(stored_summary(str(registry.path), run_id, registry.get_run(run_id).finished))}"
+    for run_id in chosen if stored_summary(str(registry.path), run_id, registry.get_run(run_id).finished)) + ".")
 st.caption("Curves are built from probability histograms; the marked point is the stored curve point for "
            "'probability >= threshold' (its exact threshold is shown, within a histogram bin of the chosen one). "
            "Pixel counts are over the validation images.")
