@@ -49,6 +49,10 @@ from core.errors import AugmentationError  # noqa: E402
 
 LEVELS: tuple[str, ...] = AUGMENTATION_LEVELS  # defined beside RunConfig, which must not import albumentations
 
+# Smallest patch (pixels) that affine, crop and elastic/grid warps apply to; smaller patches
+# (from images of a few pixels, which the loaders warn about) get flips and 90° rotations only.
+MIN_WARP_PATCH = 16
+
 # Largest instance id a float32 mask channel holds exactly (2**24).
 _MAX_EXACT_INSTANCE_ID = 1 << 24
 
@@ -101,6 +105,8 @@ def _geometric_transforms(level: str, patch_size: int) -> list[A.BasicTransform]
     transforms: list[A.BasicTransform] = []
     if level in ("light", "medium", "heavy"):
         transforms += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), ShapeKeepingRotate90(p=1.0)]
+    if patch_size < MIN_WARP_PATCH:
+        return transforms  # a few pixels cannot be rotated, cropped or warped (grid steps of 0 pixels)
     if level in ("medium", "heavy"):
         transforms += [
             A.Affine(

@@ -13,6 +13,7 @@ written to a temporary file and renamed, so a crash mid-write never leaves a tor
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns that protocol-4 pickles may hold instructions it does not support; the
+            # weights_only loader refuses them anyway, with the error reported below.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"refusing to load {path}: it holds Python objects other than tensors and plain "

@@ -34,7 +34,7 @@ from core.metrics import (
     summarize_instance_scores,
 )
 from core.postprocess import METHODS, binary_to_instances, postprocess
-from core.runs import Registry
+from core.runs import Registry, check_run_id
 
 INSTANCE_KEYS = ("dsb_map", "paper_map", "ap50", "precision50", "recall50", "f1_50", "tp50", "fp50", "fn50",
                  "mean_matched_iou")
@@ -121,6 +121,7 @@ def evaluate_run(
 
     from core.inference import load_model, predict_image
 
+    check_run_id(run_id)  # the id names the arrays file: refuse a bad one before any work
     registry = registry or Registry()
     record = registry.get_run(run_id)
     path = record.checkpoint_dir / f"{checkpoint}.pt"

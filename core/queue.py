@@ -46,6 +46,9 @@ def enqueue(configs: list[RunConfig], registry: Registry | None = None, start_wo
 
 def resume(run_id: str, registry: Registry | None = None, start_worker: bool = True) -> None:
     """Queue a failed or cancelled run again; it continues from its ``last.pt``."""
+    from core.runs import check_run_id
+
+    check_run_id(run_id)  # an id that could not name a folder is never queued, whatever its row says
     registry = registry or Registry()
     registry.reap_dead([run_id])
     status = registry.get_run(run_id).status

@@ -44,11 +44,25 @@ FOLDER = DatasetSpec(
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files in ``folder`` (not recursive), sorted by name; hidden files skipped."""
-    return sorted(
-        path for path in folder.iterdir()
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-    )
+    """Image files in ``folder`` (not recursive), sorted by name; hidden files skipped.
+
+    An image name that is not a readable file (a broken link, a link loop) is skipped with a
+    :class:`~core.errors.DatasetWarning` naming it, never silently.
+    """
+    import warnings
+
+    from core.errors import DatasetWarning
+
+    files = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+            continue
+        if path.is_file():
+            files.append(path)
+        elif path.is_symlink():
+            warnings.warn(DatasetWarning(f"{path}: skipped: a link to {os.readlink(path)!r}, which is missing or "
+                                         "loops back on itself"), stacklevel=2)
+    return files
 
 
 def read_pair(image_path: Path, mask_path: Path | None, connectivity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -153,17 +153,23 @@ def content_warnings(raw: RawData) -> list[str]:
     return found
 
 
-def read_with_warnings(source: Source, plan) -> RawData:
-    """``source.read(plan)``, with every :class:`DatasetWarning` raised while reading kept in ``warnings``."""
+def with_warnings(step):
+    """``step()`` and the messages of every :class:`DatasetWarning` it raised (in order, once each)."""
     import warnings
 
     from core.errors import DatasetWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DatasetWarning)
-        raw = source.read(plan)
-    raw.warnings = raw.warnings + list(dict.fromkeys(str(w.message) for w in caught
-                                                     if issubclass(w.category, DatasetWarning)))
+        result = step()
+    return result, list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, DatasetWarning)))
+
+
+def read_with_warnings(source: Source, plan) -> RawData:
+    """``source.read(plan)``, with the :class:`DatasetWarning` s raised while reading kept in ``warnings``
+    (stored with the cached arrays, so a cached load shows them too)."""
+    raw, found = with_warnings(lambda: source.read(plan))
+    raw.warnings = raw.warnings + found
     return raw
 
 
@@ -211,7 +217,7 @@ def load_dataset(
         raise DatasetError(f"dataset {name!r} has no split {split!r}; its splits are {', '.join(spec.splits)}")
     size = normalize_size(size)
     root_path = Path(root) if root is not None and spec.needs_root else None
-    plan = source.plan(root_path, split)
+    plan, plan_warnings = with_warnings(lambda: source.plan(root_path, split))
 
     cache_problem = None
     try:  # the cache is only an optimisation: a cache folder that cannot be made must not stop a load
@@ -237,6 +243,7 @@ def load_dataset(
             except OSError as error:
                 cache_problem = _cache_failed(error)
     dataset = Dataset(spec, root_path, split, size, raw, from_cache=from_cache)
+    dataset.warnings = plan_warnings + dataset.warnings  # found while listing the files: on every load
     if cache_problem:
         dataset.warnings.append(cache_problem)
     return dataset
