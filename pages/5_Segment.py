@@ -17,6 +17,7 @@ from core.overlays import (label_overlay, labels_download, labels_file_type, mas
 from core.postprocess import METHODS, postprocess, postprocess_parameters
 from core.predictions import dataset_kind
 from core.runs import Registry
+from core.starter import model_choices
 from core.segment import compact_labels, preview, preview_float, preview_step
 
 
@@ -47,17 +48,18 @@ st.markdown("Upload a PNG, JPEG or TIFF image (8 or 16 bit; grey, RGB or RGBA; a
             "and download the mask and the instance label image.")
 
 registry = Registry()
-models = [run for run in registry.list_runs() if run.best_checkpoint.is_file()]
-if not models:
+choices = model_choices(registry.list_runs())
+if not choices:
     st.info("No trained model yet. Launch a run on the **Train** page; its best checkpoint appears here "
             "after its first epoch.")
     st.stop()
 
-labels = {run.id: f"{run.config.label()} ({run.id[-6:]}, {run.status})" for run in models}
-by_id = {run.id: run for run in models}
+by_key = {choice.key: choice for choice in choices}
 top = st.columns([2, 3])
-run_id = top[0].selectbox("Trained model", list(labels), format_func=labels.get, key="segment_run")
-run = by_id[run_id]
+chosen_key = top[0].selectbox("Model", list(by_key), format_func=lambda key: by_key[key].label, key="segment_run",
+                              help="Shipped models work before any training; your runs appear once they have a "
+                                   "best checkpoint.")
+run = by_key[chosen_key]  # what the settings below read: .config and .checkpoint
 # No `type=` filter: Streamlit would refuse other files with an exception; read_upload names the problem.
 uploaded = top[1].file_uploader("Image (PNG, JPEG or TIFF)", key="upload",
                                 help="8 or 16 bit; grey, RGB or RGBA; " + ", ".join(UPLOAD_SUFFIXES))
@@ -93,7 +95,7 @@ if uploaded is None:
     st.info("Upload an image to segment it.")
     st.stop()
 
-checkpoint = run.best_checkpoint
+checkpoint = run.checkpoint
 data = uploaded.getvalue()
 try:
     image = decoded_upload(uploaded.name, data)
@@ -116,8 +118,7 @@ metrics[2].metric("Prediction time", f"{seconds:.2f} s",
                   help=f"{tiles} tile(s) of up to {tile_size} px on {loaded.device.type}, {loaded.precision}")
 metrics[3].metric("Post-processing time", f"{post_seconds:.2f} s")
 st.caption(f"{uploaded.name}: {width} x {height} pixels, {image.shape[2]} channel(s) "
-           f"(model expects {loaded.channels}); {prediction.scale_note}; model from run {run.id}, "
-           f"epoch {loaded.epoch}.")
+           f"(model expects {loaded.channels}); {prediction.scale_note}; {run.note} (epoch {loaded.epoch}).")
 
 views = st.columns(3)
 shown = preview_float(image)  # what the browser can show; downloads below are full size

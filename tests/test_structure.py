@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "core": 0, "core.errors": 0, "core.paths": 0, "core.fileio": 0, "core.config": 0,
     # 1: pure building blocks (arrays in, arrays out)
     "core.datasets": 1, "core.metrics": 1, "core.model": 1, "core.augment": 1, "core.postprocess": 1,
-    "core.predict": 1, "core.checkpoints": 1, "core.stats": 1, "core.user_datasets": 1,
+    "core.predict": 1, "core.checkpoints": 1, "core.stats": 1, "core.user_datasets": 1, "core.starter": 1,
     # 2: a model that runs; the run registry; scoring files against truth
     "core.inference": 2, "core.runs": 2, "core.scoring": 2,
     # 3: training, evaluation and the queue that runs them
