@@ -192,7 +192,8 @@ def predict_probabilities(
         columns[left:left + tile_w] += ramp_w
     summed /= rows[:, None]
     summed /= columns[None, :]
-    return summed
+    # Two float32 divisions can round a certain pixel to 1 + 1 ulp: probabilities stay in [0, 1].
+    return np.clip(summed, 0.0, 1.0, out=summed)
 
 
 def _forward(model, inputs: torch.Tensor, device: torch.device, precision: str, flip_tta: bool) -> np.ndarray:

@@ -77,3 +77,16 @@ def test_bad_settings_are_clear_errors():
     with pytest.raises(UNetLabError, match="shape"):
         predict_probabilities(Pointwise(), np.zeros((2, 3, 4, 5), np.float32))
     assert len(list(iter_tiles(10, 10, TileSettings(tile_size=64, overlap=16)))) == 1
+
+
+def test_blended_probabilities_stay_within_0_and_1():
+    """A model that is certain everywhere: overlapping tiles must not round above 1."""
+
+    class Certain(torch.nn.Module):
+        def forward(self, x):
+            return torch.full_like(x[:, :1], 30.0)
+
+    image = np.random.default_rng(0).random((301, 257, 1)).astype(np.float32)
+    probability = predict_probabilities(Certain(), image, TileSettings(tile_size=64, overlap=24))
+    assert probability.max() <= 1.0 and probability.min() >= 0.0
+    np.testing.assert_allclose(probability, 1.0, atol=1e-6)
