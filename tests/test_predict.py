@@ -87,6 +87,6 @@ def test_blended_probabilities_stay_within_0_and_1():
             return torch.full_like(x[:, :1], 30.0)
 
     image = np.random.default_rng(0).random((301, 257, 1)).astype(np.float32)
-    probability = predict_probabilities(Certain(), image, TileSettings(tile_size=64, overlap=24))
+    probability = predict_probabilities(Certain(), image, TileSettings(tile_size=64, overlap=24), device="cpu")
     assert probability.max() <= 1.0 and probability.min() >= 0.0
     np.testing.assert_allclose(probability, 1.0, atol=1e-6)
