@@ -19,8 +19,9 @@ from core.errors import UNetLabError
 
 
 def command_modules() -> list[str]:
-    """Names of the modules under ``core/commands``; each adds its own subcommands."""
-    return sorted(info.name for info in pkgutil.iter_modules(core.commands.__path__))
+    """Names of the modules under ``core/commands``; each adds its own subcommands (a name
+    starting with ``_`` is a helper the commands share, with no command of its own)."""
+    return sorted(info.name for info in pkgutil.iter_modules(core.commands.__path__) if not info.name.startswith("_"))
 
 
 def build_parser(prog: str = "unetlab") -> argparse.ArgumentParser:

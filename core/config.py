@@ -45,8 +45,11 @@ class RunConfig:
     split_strategy: str = "auto"  # see SPLIT_STRATEGIES; from_dict gives stored runs without it "random"
     group_pattern: str | None = None  # regex on file stems; its first group (or the match) names an image's group
     augmentation: str = "light"
-    epochs: int = 10
+    epochs: int = 10  # with early_stopping_patience: the most epochs a run may train
     steps_per_epoch: int = 25
+    # Epochs without an improvement of the validation pixel F1 after which training stops
+    # (the best epoch's checkpoint is the run's best.pt either way); None trains all epochs.
+    early_stopping_patience: int | None = None
     batch_size: int = 8
     patch_size: int = 256
     base_width: int = 16
@@ -100,6 +103,11 @@ class RunConfig:
             (self.image_size is None or self.image_size >= 16, "image_size must be at least 16"),
             (isinstance(self.seed, int) and self.seed >= 0, f"seed must be 0 or more, got {self.seed}"),
             (self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
+            (self.early_stopping_patience is None
+             or (isinstance(self.early_stopping_patience, int) and not isinstance(self.early_stopping_patience, bool)
+                 and self.early_stopping_patience >= 1),
+             f"early_stopping_patience must be at least 1 epoch (or None: no early stopping), "
+             f"got {self.early_stopping_patience}"),
             (self.weight_decay >= 0 and math.isfinite(self.weight_decay),
              f"weight_decay must be 0 or more, got {self.weight_decay:g}"),
         ]

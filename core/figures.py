@@ -76,6 +76,78 @@ def grid_heatmap(grid: GridSummary, title: str | None = None) -> go.Figure:
 
 
 # --------------------------------------------------------------------------------------
+# Learning curves: score against training images, with a fitted power law
+# --------------------------------------------------------------------------------------
+
+
+def seed_means(points: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per training-set size ``n``: the mean score over runs, a t interval over them and their count.
+
+    ``points`` has columns ``n`` and ``score`` (one row per run); returns columns n, mean, low,
+    high, count (low = high = mean for a single run).
+    """
+    from scipy.stats import t
+
+    rows = []
+    for n, group in points.groupby("n", sort=True):
+        values = group["score"].to_numpy(float)
+        mean = float(values.mean())
+        half = 0.0
+        if values.size >= 2:
+            half = float(t.ppf((1 + confidence) / 2, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size))
+        rows.append({"n": float(n), "mean": mean, "low": mean - half, "high": mean + half, "count": values.size})
+    return pd.DataFrame(rows, columns=["n", "mean", "low", "high", "count"])
+
+
+def learning_curve_figure(panels: Mapping[str, Mapping[str, tuple[pd.DataFrame, Any]]], title: str = "") -> go.Figure:
+    """Score against the number of training images, one panel per metric, one colour per level.
+
+    Parameters
+    ----------
+    panels : metric name -> level -> (points, curve): ``points`` with columns ``n`` and
+        ``score`` (one row per run), ``curve`` a :class:`core.stats.LearningCurve` (or None)
+    title : figure title
+
+    Each level shows the mean over runs at each size with a 95% t interval over seeds as error
+    bars and, where the power law was fitted, the fitted curve with its bootstrap band (dotted).
+    """
+    figure = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=list(panels))
+    levels = list(dict.fromkeys(level for panel in panels.values() for level in panel))
+    colours = dict(zip(levels, palette(len(levels))))
+    for column, (metric, panel) in enumerate(panels.items(), start=1):
+        for level, (points, curve) in panel.items():
+            means = seed_means(points)
+            colour = colours[level]
+            figure.add_trace(go.Scatter(
+                x=means["n"], y=means["mean"], mode="markers", name=level, legendgroup=level,
+                showlegend=column == 1, marker={"color": colour, "size": 8},
+                error_y={"type": "data", "symmetric": False, "array": means["high"] - means["mean"],
+                         "arrayminus": means["mean"] - means["low"], "visible": True},
+                customdata=means["count"],
+                hovertemplate=f"{level}, %{{x:.0f}} training images<br>mean %{{y:.4f}} over %{{customdata}} runs"
+                              "<extra></extra>"), row=1, col=column)
+            if curve is None or not getattr(curve, "fitted", False):
+                continue
+            low_n, high_n = float(points["n"].min()), float(points["n"].max()) * 2
+            grid = np.geomspace(max(low_n, 1e-9), high_n, 60)
+            bands = np.array([curve.predict_interval(n) for n in grid])
+            figure.add_trace(go.Scatter(x=grid, y=bands[:, 0], mode="lines", line={"color": colour},
+                                        legendgroup=level, showlegend=False,
+                                        hovertemplate=f"{level} fit: %{{y:.4f}} at %{{x:.0f}} images<extra></extra>"),
+                             row=1, col=column)
+            for edge in (1, 2):
+                if np.isfinite(bands[:, edge]).any():
+                    figure.add_trace(go.Scatter(x=grid, y=bands[:, edge], mode="lines", legendgroup=level,
+                                                line={"color": colour, "dash": "dot", "width": 1}, showlegend=False,
+                                                hoverinfo="skip"), row=1, col=column)
+    figure.update_xaxes(title_text="training images (log scale)", type="log")
+    figure.update_annotations(font_size=11)
+    figure.update_layout(title=title or "Score against training images", height=420,
+                         legend={"title": "augmentation"})
+    return figure
+
+
+# --------------------------------------------------------------------------------------
 # Training curves
 # --------------------------------------------------------------------------------------
 
@@ -162,5 +234,5 @@ def roc_pr_figures(curves_by_run: Mapping[str, Any], threshold: float) -> tuple[
     return roc, pr
 
 
-__all__ = ["COLOURSCALE", "CURVE_PANELS", "PALETTE", "curves_from_arrays", "grid_heatmap", "operating_point",
-           "palette", "roc_pr_figures", "training_curves_figure"]
+__all__ = ["COLOURSCALE", "CURVE_PANELS", "PALETTE", "curves_from_arrays", "grid_heatmap", "learning_curve_figure",
+           "operating_point", "palette", "roc_pr_figures", "seed_means", "training_curves_figure"]

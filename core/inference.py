@@ -46,6 +46,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def describe_device(device: torch.device) -> str:
+    """The device as the registry records where a run trained: ``cpu``, or ``cuda (GPU name)``."""
+    if device.type == "cuda":
+        try:
+            return f"cuda ({torch.cuda.get_device_name(device)})"
+        except (RuntimeError, AssertionError):
+            return "cuda"
+    return device.type
+
+
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with AVX-512 BF16 or AMX, where bf16 convolutions are fast."""
     try:

@@ -103,12 +103,30 @@ def train_then_evaluate(
     registry = registry or Registry()
     result = train_run(config, run_id=run_id, registry=registry, show_progress=show_progress,
                        then_evaluate=evaluate, from_worker=from_worker)
+    record_placement(registry, result.run_id)
     if not evaluate or result.status != "finished":
         return RunOutcome(result)
     headline = evaluate_trained_run(result.run_id, registry, show_progress)
     if headline is None:
         return RunOutcome(dataclasses.replace(result, status="cancelled"))
     return RunOutcome(result, headline)
+
+
+def record_placement(registry: Registry, run_id: str) -> None:
+    """Record that this machine trained the run (host name and device), unless an executor that
+    trains elsewhere (Ray) already recorded where."""
+    import socket
+
+    from core.inference import describe_device, resolve_device
+
+    record = registry.get_run(run_id)
+    if record.executor not in (None, "local"):
+        return
+    try:
+        device = describe_device(resolve_device(record.config.device))
+    except RunError:
+        device = record.config.device
+    registry.set_placement(run_id, executor="local", node=socket.gethostname(), device=device)
 
 
 def evaluate_trained_run(run_id: str, registry: Registry, show_progress: bool = True) -> dict[str, Any] | None:

@@ -623,31 +623,67 @@ def _matched_ious(table: Contingency) -> np.ndarray:
     return np.sort(overlap[matched] / union[matched])
 
 
+def _half_matches(table: Contingency) -> int:
+    """One-to-one matches at IoU exactly 0.5 (``2 * overlap == union``, an exact integer test).
+
+    They count for the paper's IoU >= 0.50 term only. A pair at IoU exactly 0.5 involves an
+    object that is exactly half of the other and inside it, so an object has at most two such
+    pairs, its two partners have no other, and no object in such a pair has a pair above 0.5:
+    the pairs form single edges and two-edge stars, each giving one match. So the maximum
+    one-to-one matching is the number of pairs minus the objects that sit in two of them.
+    """
+    objects = (table.rows > 0) & (table.columns > 0)
+    rows, columns, overlap = table.rows[objects], table.columns[objects], table.counts[objects]
+    union = table.truth_areas[rows] + table.predicted_areas[columns] - overlap
+    half = 2 * overlap == union
+    if not half.any():
+        return 0
+    shared = int((np.bincount(rows[half]) == 2).sum() + (np.bincount(columns[half]) == 2).sum())
+    return int(half.sum()) - shared
+
+
 def _true_positives_at(matched_ious: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Matches with IoU strictly greater than each threshold (thresholds >= 0.5)."""
     return matched_ious.size - np.searchsorted(matched_ious, thresholds, side="right")
 
 
+def _true_positives_at_or_above(matched_ious: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Matches (IoU > 0.5) with IoU greater than or equal to each threshold (thresholds > 0.5,
+    or 0.5 with the exact-0.5 matches added by the caller).
+
+    IoU ``a / b`` and a threshold ``r`` (two decimals) are both correctly rounded doubles, so
+    an IoU exactly equal to ``r`` compares equal, and one that differs from it differs by at
+    least ``1 / (100 b)``, far beyond rounding: the float comparison is exact.
+    """
+    return matched_ious.size - np.searchsorted(matched_ious, thresholds, side="left")
+
+
 @dataclass(frozen=True)
 class InstanceScores:
-    """Instance matching scores of one image (a match needs IoU strictly > threshold).
+    """Instance matching scores of one image.
+
+    DSB 2018 and AP@0.5 count a match at IoU strictly above the threshold (the Kaggle rule);
+    the paper's eq. (4)-(5) counts a match at IoU greater than or equal to each threshold.
 
     Attributes
     ----------
     n_truth, n_predicted : int
         Objects in the truth and in the prediction.
     matched_ious : ndarray of float64
-        IoU of each matched pair at IoU > 0.5, sorted; every score below derives from it.
+        IoU of each matched pair at IoU > 0.5, sorted; every score below derives from it
+        (the paper's 0.50 term adds the matches at IoU exactly 0.5, ``half_matches``).
     dsb_per_threshold : ndarray of float64, shape (10,)
         TP/(TP+FP+FN) at each of :data:`DSB_THRESHOLDS`.
     dsb_map : float
         DSB 2018 score, the mean of ``dsb_per_threshold``.
     paper_per_threshold : ndarray of float64, shape (11,)
-        TP/(TP+FP) at each of :data:`PAPER_THRESHOLDS` (the paper's eq. (4)).
+        TP/(TP+FP) at each of :data:`PAPER_THRESHOLDS` (the paper's eq. (4)), a match
+        counted at IoU >= r: the r = 1.00 term counts the pixel-perfect matches.
     paper_map : float
-        The paper's eq. (5), the mean of ``paper_per_threshold``. As IoU cannot exceed
-        1, the t = 1.00 term is 0 whenever anything is predicted, so a perfect
-        prediction scores 10/11.
+        The paper's eq. (5), the mean of ``paper_per_threshold``; a perfect prediction
+        scores 1.0.
+    half_matches : int
+        One-to-one matches at IoU exactly 0.5 (counted by the paper's r = 0.50 term only).
     tp50, fp50, fn50 : int
         Matched, unmatched predicted and unmatched truth objects at IoU > 0.5.
     ap50, precision50, recall50, f1_50 : float
@@ -676,15 +712,19 @@ class InstanceScores:
     recall50: float
     f1_50: float
     mean_matched_iou: float
+    half_matches: int = 0
 
     @classmethod
-    def from_matches(cls, matched_ious: np.ndarray, n_truth: int, n_predicted: int) -> InstanceScores:
-        """Scores from the matched IoUs (> 0.5) and the object counts."""
+    def from_matches(cls, matched_ious: np.ndarray, n_truth: int, n_predicted: int,
+                     half_matches: int = 0) -> InstanceScores:
+        """Scores from the matched IoUs (> 0.5), the object counts and the one-to-one matches
+        at IoU exactly 0.5 (which only the paper's r = 0.50 term counts)."""
         matched_ious = np.sort(np.asarray(matched_ious, dtype=np.float64))
         no_error_possible = n_truth == 0 and n_predicted == 0
         tp_dsb = _true_positives_at(matched_ious, DSB_THRESHOLDS)
         dsb = _ratio(tp_dsb, n_truth + n_predicted - tp_dsb, no_error_possible)
-        tp_paper = _true_positives_at(matched_ious, PAPER_THRESHOLDS)
+        tp_paper = _true_positives_at_or_above(matched_ious, PAPER_THRESHOLDS)
+        tp_paper = tp_paper + np.where(PAPER_THRESHOLDS == 0.5, int(half_matches), 0)
         paper = _ratio(tp_paper, n_predicted, no_error_possible)
         tp = int(matched_ious.size)
         fp, fn = n_predicted - tp, n_truth - tp
@@ -705,6 +745,7 @@ class InstanceScores:
             recall50=_ratio(tp, tp + fn, no_error),
             f1_50=_ratio(2 * tp, 2 * tp + fp + fn, no_error),
             mean_matched_iou=float(matched_ious.mean()) if tp else math.nan,
+            half_matches=int(half_matches),
         )
 
     def named(self) -> dict[str, float | int]:
@@ -729,7 +770,8 @@ def instance_scores(truth_labels: np.ndarray, predicted_labels: np.ndarray) -> I
         and the mean matched IoU. Both empty -> ratios 1.0; one side empty -> 0.0.
     """
     table = contingency(truth_labels, predicted_labels)
-    return InstanceScores.from_matches(_matched_ious(table), table.truth_ids.size, table.predicted_ids.size)
+    return InstanceScores.from_matches(_matched_ious(table), table.truth_ids.size, table.predicted_ids.size,
+                                       _half_matches(table))
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,8 @@ def cancel(run_id: str, registry: Registry | None = None) -> str:
             return registry.get_run(run_id).status
         if not registry.request_cancel(run_id, run.status, run.pid):
             continue
+        if run.executor == "ray":  # its launching process sees the request and stops the Ray task
+            return "cancelling"
         if signal_process(run.pid, run.pid_start, signal.SIGTERM):
             return "cancelling"
         registry.reap_dead([run_id])  # it ended just now
@@ -282,7 +284,8 @@ def run_worker(registry: Registry | None = None, max_parallel: int | None = None
                         del children[run_id]
                         record_exit(registry, run_id, child, logs / f"{run_id}.log")
                 registry.reap_dead()
-                in_flight = registry.list_runs(status=ACTIVE_STATUSES)
+                # Runs a Ray launcher owns train on Ray's resources, not in this worker's slots.
+                in_flight = [run for run in registry.list_runs(status=ACTIVE_STATUSES) if run.executor != "ray"]
                 max_parallel = current_max_parallel(registry, default_parallel())
                 queued = sorted(registry.list_runs(status="queued"), key=lambda run: (run.created, run.id))
                 busy = bool(in_flight or queued or children)

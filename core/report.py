@@ -9,14 +9,20 @@
 
 Sections: the machine, wall time and exact commands; a table in the form of the paper's
 Table 1 (datasets as columns, mAP and F1 as rows) for one train fraction and level, with
-the paper's figures beside ours where we know them; per dataset, the fraction x level grid
-of mean ± sd over seeds for pixel F1, DSB mAP and AP@0.5 with the best cell marked and the
-cells within seed noise of it; metric-versus-fraction lines; ROC/PR overlays; and one row
-per run with its numbers.
+the paper's figures (:data:`PAPER_TABLE1`) beside ours; per dataset and per *setting*
+(runs differing in anything but the seed and bookkeeping are never pooled, see
+:func:`core.tables.setting_key`), the fraction x level grid of mean ± sd over seeds for
+pixel F1, DSB mAP and AP@0.5 with the best cell marked and the cells not distinguishable
+from it; paired comparisons of each level against none; learning curves; metric-versus-
+fraction lines; ROC/PR overlays; and one row per run with its numbers.
 
-Seed noise: two cells are called "within seed noise" when Welch's t-test (scipy,
-unequal variances) of their per-seed values gives p >= 0.05; with fewer than two seeds in
-either cell there is no noise estimate and the report says so.
+Statistics (:mod:`core.stats`): runs with the same seed share the split and the initial
+weights, so two cells are compared *paired* by seed. Each level against none: the paired
+t-test over seeds (Wilcoxon signed-rank where enough seeds), a 95% two-stage bootstrap
+interval over seeds and validation images of the mean per-image difference, Holm-Bonferroni
+adjusted p-values over every comparison in the report, the effect size d_z, and one plain
+sentence each. The grid's "≈" marks use the paired t-test over the seeds both cells share
+(Welch's t-test only when they share fewer than two).
 """
 
 from __future__ import annotations
@@ -34,25 +40,31 @@ import numpy as np
 
 from core.config import AUGMENTATION_LEVELS
 from core.errors import UNetLabError
-from core.stats import NOISE_ALPHA, CellStats, NoiseVerdict, format_cell, within_seed_noise
-from core.tables import RUN_TIME_COLUMN
+from core.stats import NOISE_ALPHA, CellStats, NoiseVerdict, format_cell, paired_comparison, within_seed_noise
+from core.tables import RUN_TIME_COLUMN, SETTING_COLUMN, STOPPED_COLUMN, TRAINING_IMAGES_COLUMN
 
 if TYPE_CHECKING:
     from core.runs import Registry
 
-#: The paper's Table 1 per dataset (its five datasets). We do not have the table, so every
-#: entry is None and is printed as :data:`NOT_AVAILABLE`; fill in a figure only from the paper.
-PAPER_TABLE1: dict[str, dict[str, float | None]] = {
-    "dsb2018": {"mAP": None, "F1": None},
-    "isbi2012": {"mAP": None, "F1": None},
-    "isbi2013": {"mAP": None, "F1": None},
-    "ncmir": {"mAP": None, "F1": None},
-    "epfl": {"mAP": None, "F1": None},
+#: The paper's Table 1, its five datasets: its name for the set, its mAP (eq. (4)-(5): TP/(TP+FP)
+#: at IoU >= r, mean over r = 0.50..1.00) and F1, and how it trained (epochs, image size, images).
+#: Copied from the paper's Table 1 (the project's ../shared/paper/table1.csv); kept here because a
+#: clone of this repository has no ../shared, so the report never reads that file.
+PAPER_TABLE1: dict[str, dict[str, Any]] = {
+    "dsb2018": {"name": "Kaggle", "mAP": 0.47, "F1": 0.89, "epochs": 100, "image_size": "128x128", "n_images": 670},
+    "isbi2012": {"name": "ISBI 2012", "mAP": 0.53, "F1": 0.93, "epochs": 100, "image_size": "512x512",
+                 "n_images": 30},
+    "isbi2013": {"name": "ISBI 2013", "mAP": 0.42, "F1": 0.97, "epochs": 20, "image_size": "512x512 (from 1024x1024)",
+                 "n_images": 100},
+    "ncmir": {"name": "NCMIR", "mAP": 0.23, "F1": 0.63, "epochs": 200, "image_size": "512x512 (from 1024x1024)",
+              "n_images": 30},
+    "epfl": {"name": "EPFL", "mAP": 0.57, "F1": 0.95, "epochs": 100, "image_size": "512x512 (from 768x1024)",
+             "n_images": 165},
 }
-#: What we do know: the ranges the paper reports across its five datasets, and one claim.
-PAPER_RANGES: dict[str, tuple[float, float]] = {"F1": (0.89, 0.97), "mAP": (0.23, 0.57)}
+#: A claim of the paper's text, quoted beside Table 1.
 PAPER_CLAIM = "F1 0.96 after training on 10% of the images"
-NOT_AVAILABLE = "n/a (not available to us)"
+#: Printed for a dataset the paper did not use.
+NOT_AVAILABLE = "n/a (not in the paper)"
 
 
 @dataclass
@@ -81,7 +93,11 @@ def cell_text(rows: Any, column: str) -> str:
 
 @dataclass
 class GridTable:
-    """One metric on one dataset: cells keyed by (augmentation level, train fraction)."""
+    """One metric on one dataset in one setting: cells keyed by (augmentation level, train fraction).
+
+    ``tests`` names the test behind each verdict: ``"paired t"`` (over the seeds both cells
+    share) or ``"Welch"`` (the cells share fewer than two seeds).
+    """
 
     dataset: str
     metric: str
@@ -90,24 +106,62 @@ class GridTable:
     cells: dict[tuple[str, float], CellStats]
     best: tuple[str, float] | None
     verdicts: dict[tuple[str, float], NoiseVerdict]
+    setting: str = ""
+    tests: dict[tuple[str, float], str] = field(default_factory=dict)
 
 
-def grid_table(table: Any, dataset: str, metric: str) -> GridTable:
-    """Per-seed values of ``metric`` for every (level, fraction) cell of ``dataset``, the best
-    cell (highest mean) and each other cell's seed-noise verdict against it."""
-    from core.tables import grid_summary
+def noise_verdict(best: Mapping[int, float], other: Mapping[int, float]) -> tuple[NoiseVerdict, str]:
+    """Is ``other`` within seed noise of ``best`` (seed -> value each)? Paired t-test over the
+    seeds both share when they share two or more; else Welch's t-test of all their values."""
+    shared = sorted(set(best) & set(other))
+    if len(shared) >= 2:
+        comparison = paired_comparison([best[s] for s in shared], [other[s] for s in shared], alpha=NOISE_ALPHA)
+        if comparison.p_t is not None:
+            return NoiseVerdict(comparison.p_t >= NOISE_ALPHA, comparison.p_t, comparison.difference), "paired t"
+    return within_seed_noise(list(best.values()), list(other.values())), "Welch"
+
+
+def grid_table(table: Any, dataset: str, metric: str, setting: str | None = None) -> GridTable:
+    """Per-seed values of ``metric`` for every (level, fraction) cell of ``dataset`` in one setting,
+    the best cell (highest mean) and each other cell's seed-noise verdict against it.
+
+    ``setting``: a label of :func:`core.tables.setting_groups`; None when the dataset's runs hold
+    a single setting (several raise UNetLabError: their runs are never pooled).
+    """
+    from core.tables import grid_summary, setting_groups
 
     rows = table[(table["Dataset"] == dataset)].dropna(subset=[metric])
     if rows.empty:
-        return GridTable(dataset, metric, [], [], {}, None, {})
+        return GridTable(dataset, metric, [], [], {}, None, {}, setting or "")
+    groups = setting_groups(rows)
+    if setting is None:
+        if len(groups) > 1:
+            raise UNetLabError(f"{dataset}: the runs hold {len(groups)} settings ({'; '.join(groups)}); "
+                               "choose one, their runs are never pooled")
+        setting = next(iter(groups))
+    # A table without a Setting column names settings by what varies in the rows given, so the
+    # rows of one setting, alone, may carry a shorter label: they are still that one setting.
+    rows = groups.get(setting, next(iter(groups.values())) if len(groups) == 1 else rows.iloc[0:0])
+    if rows.empty:
+        return GridTable(dataset, metric, [], [], {}, None, {}, setting)
     summary = grid_summary(rows, metric)
     levels, fractions = list(summary.mean.index), [float(f) for f in summary.mean.columns]
-    cells = {}
+    cells, by_seed = {}, {}
     for (level, fraction), group in rows.groupby(["Augmentation", "Train fraction"]):
-        cells[(level, float(fraction))] = CellStats(tuple(float(v) for v in group[metric]))
+        key = (level, float(fraction))
+        cells[key] = CellStats(tuple(float(v) for v in group[metric]))
+        if "Seed" in group:
+            by_seed[key] = {}
+            for seed, value in zip(group["Seed"], group[metric]):
+                by_seed[key].setdefault(int(seed), float(value))
+        else:  # no seeds to pair: Welch over the values
+            by_seed[key] = {-1 - i: float(v) for i, v in enumerate(group[metric])}
     best = max(cells, key=lambda key: cells[key].mean)
-    verdicts = {key: within_seed_noise(cells[best].values, stats.values) for key, stats in cells.items() if key != best}
-    return GridTable(dataset, metric, levels, fractions, cells, best, verdicts)
+    verdicts, tests = {}, {}
+    for key in cells:
+        if key != best:
+            verdicts[key], tests[key] = noise_verdict(by_seed[best], by_seed[key])
+    return GridTable(dataset, metric, levels, fractions, cells, best, verdicts, setting, tests)
 
 
 def grid_rows(grid: GridTable) -> tuple[list[str], list[list[str]], list[str]]:
@@ -129,16 +183,22 @@ def grid_rows(grid: GridTable) -> tuple[list[str], list[list[str]], list[str]]:
     notes = []
     if grid.best is not None:
         level, fraction = grid.best
-        near = [f"{lv} {fr:.0%} (p = {v.p_value:.2f})" for (lv, fr), v in grid.verdicts.items() if v.within]
-        apart = [f"{lv} {fr:.0%}" for (lv, fr), v in grid.verdicts.items() if v.within is False]
+
+        def test(key: tuple[str, float]) -> str:
+            return grid.tests.get(key, "Welch")
+
+        near = [f"{lv} {fr:.0%} (p = {v.p_value:.2f}, {test((lv, fr))})" for (lv, fr), v in grid.verdicts.items()
+                if v.within]
+        apart = [f"{lv} {fr:.0%} ({test((lv, fr))})" for (lv, fr), v in grid.verdicts.items() if v.within is False]
         unknown = [f"{lv} {fr:.0%}" for (lv, fr), v in grid.verdicts.items() if v.within is None]
         ties = [f"{lv} {fr:.0%}" for (lv, fr), v in grid.verdicts.items() if v.difference == 0]
         note = f"Best: {level} at {fraction:.0%} (highest mean)."
         if near:
-            note += (f" Not distinguishable from it with these seeds (≈, Welch t-test p ≥ {NOISE_ALPHA}; "
+            note += (f" Not distinguishable from it with these seeds (≈, p ≥ {NOISE_ALPHA}: paired t-test over the "
+                     f"seeds both cells share, Welch's t-test where they share fewer than 2; not Holm-adjusted; "
                      f"not the same as equal): {', '.join(near)}.")
         if apart:
-            note += f" Worse beyond seed noise (Welch t-test p < {NOISE_ALPHA}): {', '.join(apart)}."
+            note += f" Worse beyond seed noise (p < {NOISE_ALPHA}, not Holm-adjusted): {', '.join(apart)}."
         if unknown and grid.cells[grid.best].n < 2:
             note += " No seed-noise estimate: the best cell has fewer than 2 seeds."
         elif unknown:
@@ -149,31 +209,29 @@ def grid_rows(grid: GridTable) -> tuple[list[str], list[list[str]], list[str]]:
     return header, rows, notes
 
 
-def augmentation_effects(table: Any, dataset: str, metrics: Sequence[str], reference: str = "none"
-                         ) -> tuple[list[str], list[list[str]]]:
-    """Each augmentation level against ``reference`` at the same train fraction: the change of
-    the mean, and Welch's t-test p over seeds, for every metric (columns) and cell (rows)."""
-    rows_of = table[table["Dataset"] == dataset]
-    header = ["level vs " + reference, "train fraction", *metrics]
+def comparison_rows(comparisons: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
+    """The paired comparisons as text: header and rows (numbers rounded, n shown)."""
+    header = ["comparison", "train fraction", "metric", "mean difference over seeds (t 95%)",
+              "mean per-image difference (bootstrap 95%)", "p paired t", "p Holm", "p Wilcoxon", "d_z", "n"]
     rows = []
-    levels = [level for level in dict.fromkeys(rows_of["Augmentation"]) if level != reference]
-    order = {level: position for position, level in enumerate(AUGMENTATION_LEVELS)}
-    for level in sorted(levels, key=lambda lv: order.get(lv, len(order))):
-        for fraction in sorted(set(float(f) for f in rows_of["Train fraction"])):
-            at = rows_of[np.isclose(rows_of["Train fraction"], fraction)]
-            line = [f"{level} − {reference}", f"{fraction:.0%}"]
-            for metric in metrics:
-                base = at[at["Augmentation"] == reference][metric].dropna().to_numpy(float)
-                other = at[at["Augmentation"] == level][metric].dropna().to_numpy(float)
-                if not base.size or not other.size:
-                    line.append("no runs")
-                    continue
-                verdict = within_seed_noise(other, base)
-                text = f"{verdict.difference:+.4f}"
-                line.append(text + ("" if verdict.within is None else f" (p = {verdict.p_value:.2f})"))
-            if any(cell != "no runs" for cell in line[2:]):
-                rows.append(line)
+    for c in comparisons:
+        p = c.paired
+        from core.tables import format_interval
+
+        seeds_text = f"{p.difference:+.4f} {format_interval(p.ci_low, p.ci_high)}" if math.isfinite(p.difference) else "-"
+        boot = (f"{c.interval.estimate:+.4f} {format_interval(c.interval.low, c.interval.high)}"
+                if c.interval is not None and math.isfinite(c.interval.estimate) else "-")
+        n = f"{p.n} seed{'s' if p.n != 1 else ''}" + (f" x {c.n_images} images" if c.n_images else "")
+        rows.append([f"{c.level} − {c.reference}", f"{c.fraction:.0%}", c.metric, seeds_text, boot,
+                     _p_text(p.p_t), _p_text(c.p_holm), _p_text(p.p_wilcoxon),
+                     "-" if not math.isfinite(p.d_z) else f"{p.d_z:+.2f}", n])
     return header, rows
+
+
+def _p_text(p: float | None) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "-"
+    return "< 0.001" if p < 0.001 else (f"{p:.3f}" if p < 0.1 else f"{p:.2f}")
 
 
 # --------------------------------------------------------------------------------------
@@ -228,23 +286,43 @@ def metric_columns(table: Any, method: str) -> dict[str, str]:
             "roc_auc": METRIC_NAMES["roc_auc"], "average_precision": METRIC_NAMES["average_precision"]}
 
 
+def main_setting(rows: Any) -> tuple[str, Any]:
+    """The setting with the most runs among ``rows`` (one dataset) and its rows; ("", rows) when empty."""
+    from core.tables import setting_groups
+
+    groups = setting_groups(rows)
+    return next(iter(groups.items())) if groups else ("", rows)
+
+
 def table1(table: Any, datasets: Sequence[str], fraction: float, level: str, method: str
            ) -> tuple[list[str], list[list[str]], list[str]]:
-    """The paper's Table 1 form: datasets as columns; our mAP and F1 beside the paper's."""
+    """The paper's Table 1 form: datasets as columns; our mAP and F1 beside the paper's.
+
+    Each dataset's cells are the runs of one setting at ``fraction`` and ``level``: the setting
+    with the most runs there (named in the first row); other settings are never pooled with it.
+    """
     columns = metric_columns(table, method)
-    chosen = table[(np.isclose(table["Train fraction"], fraction)) & (table["Augmentation"] == level)]
+    at = table[(np.isclose(table["Train fraction"], fraction)) & (table["Augmentation"] == level)]
+    chosen = {d: main_setting(at[at["Dataset"] == d]) for d in datasets}
 
     def ours(dataset: str, key: str) -> str:
-        return cell_text(chosen[chosen["Dataset"] == dataset], columns[key])
+        return cell_text(chosen[dataset][1], columns[key])
 
     def paper(dataset: str, key: str) -> str:
         value = PAPER_TABLE1.get(dataset, {}).get(key)
         return NOT_AVAILABLE if value is None else f"{value:.2f}"
 
+    def paper_training(dataset: str) -> str:
+        row = PAPER_TABLE1.get(dataset)
+        if row is None:
+            return NOT_AVAILABLE
+        return f"{row['name']}: {row['epochs']} epochs, {row['image_size']}, {row['n_images']} images"
+
     header = ["metric", *datasets]
     rows = [
+        ["our setting (runs at this fraction and level)", *(chosen[d][0] or "no runs" for d in datasets)],
         [f"mAP (ours): {columns['paper_map']}", *(ours(d, "paper_map") for d in datasets)],
-        ["mAP (the paper's Table 1)", *(paper(d, "mAP") for d in datasets)],
+        ["mAP (the paper's Table 1, eq. (4)-(5))", *(paper(d, "mAP") for d in datasets)],
         [f"F1 (ours): {columns['pixel_f1']}", *(ours(d, "pixel_f1") for d in datasets)],
         ["F1 (the paper's Table 1)", *(paper(d, "F1") for d in datasets)],
         [f"also ours: {columns['dsb_map']}", *(ours(d, "dsb_map") for d in datasets)],
@@ -253,29 +331,58 @@ def table1(table: Any, datasets: Sequence[str], fraction: float, level: str, met
     if membrane_sets:
         rows.append([f"also ours, EM membrane sets: {columns['membrane_f1']} (membrane F1)",
                      *(ours(d, "membrane_f1") if d in membrane_sets else "-" for d in datasets)])
-    f1_means = chosen.groupby("Dataset")[columns["pixel_f1"]].mean().dropna()
-    map_means = chosen.groupby("Dataset")[columns["paper_map"]].mean().dropna()
-    low_f1, high_f1 = PAPER_RANGES["F1"]
-    low_map, high_map = PAPER_RANGES["mAP"]
+    rows.append(["the paper's training (its Table 1)", *(paper_training(d) for d in datasets)])
     notes = [
-        f"Train fraction {fraction:.0%}, augmentation {level}; cells are mean ± sd over seeds (n runs). "
-        "We read the paper's mAP as its eq. (4)-(5) and its F1 as the pixel F1 (Dice) at threshold 0.5.",
-        f"The paper's per-dataset Table 1 is not available to us. What we know: across its five datasets it "
-        f"reports F1 {low_f1:.2f}–{high_f1:.2f} and mAP {low_map:.2f}–{high_map:.2f}, and it claims "
-        f"\"{PAPER_CLAIM}\".",
+        f"Train fraction {fraction:.0%}, augmentation {level}; cells are mean ± sd over seeds (n runs) of one "
+        "setting. Both mAPs are the paper's eq. (4)-(5): per image the mean over r = 0.50, 0.55, ..., 1.00 of "
+        "TP/(TP+FP) with a match at IoU >= r (not the Kaggle DSB score, IoU > t over 0.50..0.95 of "
+        "TP/(TP+FP+FN), which is the 'also ours' row). We read the paper's F1 as the pixel F1 (Dice) at "
+        "threshold 0.5.",
+        f"The paper's figures are from its Table 1 (trained on all its images: see its training row); it also "
+        f"claims \"{PAPER_CLAIM}\".",
     ]
-    if len(f1_means):
-        notes.append(f"Ours at this setting: F1 {f1_means.min():.4f}–{f1_means.max():.4f}"
-                     + (f", mAP {map_means.min():.4f}–{map_means.max():.4f}" if len(map_means) else "")
-                     + f" across {len(f1_means)} dataset(s); datasets with mean F1 inside the paper's range: "
-                     + (", ".join(d for d, v in f1_means.items() if low_f1 <= v <= high_f1) or "none") + ".")
-    else:
+    gaps = []
+    for d in datasets:
+        rows_of = chosen[d][1]
+        if d in PAPER_TABLE1 and not rows_of.empty and rows_of[columns["pixel_f1"]].notna().any():
+            f1 = rows_of[columns["pixel_f1"]].mean()
+            text = f"{d} F1 {f1 - PAPER_TABLE1[d]['F1']:+.3f}"
+            if columns["paper_map"] in rows_of and rows_of[columns["paper_map"]].notna().any():
+                text += f", mAP {rows_of[columns['paper_map']].mean() - PAPER_TABLE1[d]['mAP']:+.3f}"
+            gaps.append(text)
+    if gaps:
+        notes.append("Ours minus the paper's (means; the paper trained longer, on all its images): "
+                     + "; ".join(gaps) + ".")
+    elif not any(not chosen[d][1].empty for d in datasets):
         notes.append("No evaluated run at this fraction and level.")
     if membrane_sets:
         notes.append(f"On {', '.join(membrane_sets)} the positive class is the cell interior (most of each image), "
                      "so the pixel F1 above is high even for a poor membrane map; the membrane F1 row scores the "
                      "thin membranes themselves and is the stricter figure.")
     return header, rows, notes
+
+
+def paper_comparison(table: Any, dataset: str, method: str = "components") -> Any:
+    """The paper's Table 1 row of ``dataset`` beside ours, one row per (fraction, level) cell of
+    the runs given (one setting: the Compare page's selection), for the Compare page.
+
+    Returns a DataFrame (empty when the paper did not use ``dataset``).
+    """
+    import pandas as pd
+
+    paper = PAPER_TABLE1.get(dataset)
+    if paper is None or table.empty:
+        return pd.DataFrame()
+    columns = metric_columns(table, method)
+    rows = []
+    for (fraction, level), cell in table.groupby(["Train fraction", "Augmentation"], sort=True):
+        rows.append({"Train fraction": float(fraction), "Augmentation": level,
+                     "mAP (ours, eq. (4)-(5))": cell_text(cell, columns["paper_map"]),
+                     "mAP (paper's Table 1)": paper["mAP"],
+                     "F1 (ours, pixel F1 at 0.5)": cell_text(cell, columns["pixel_f1"]),
+                     "F1 (paper's Table 1)": paper["F1"],
+                     "Paper's training": f"{paper['epochs']} epochs, {paper['image_size']}, {paper['n_images']} images"})
+    return pd.DataFrame(rows)
 
 
 def is_membrane_dataset(name: str) -> bool:
@@ -299,7 +406,7 @@ def methods_table(tables: Mapping[str, Any], datasets: Sequence[str], fraction: 
         chosen = table[(np.isclose(table["Train fraction"], fraction)) & (table["Augmentation"] == level)]
         columns = metric_columns(table, method)
         for key in ("paper_map", "dsb_map", "ap50"):
-            cells = [cell_text(chosen[chosen["Dataset"] == d], columns[key]) for d in datasets]
+            cells = [cell_text(main_setting(chosen[chosen["Dataset"] == d])[1], columns[key]) for d in datasets]
             rows.append([method, columns[key].removesuffix(f" [{method}]"), *cells])
     return header, rows
 
@@ -312,7 +419,7 @@ def fraction_lines_figure(table: Any, dataset: str, metrics: Mapping[str, str]):
     from core.figures import palette
     from core.tables import grid_summary
 
-    rows = table[table["Dataset"] == dataset]
+    rows = table[table["Dataset"] == dataset]  # one setting, or grid_summary keeps settings apart
     figure = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics.values()))
     levels = [level for level in dict.fromkeys(rows["Augmentation"])]
     colours = dict(zip(levels, palette(len(levels))))
@@ -509,6 +616,33 @@ class StudyInput:
     levels: list[str]
     fraction: float
     level: str
+    comparisons: list[Any] = field(default_factory=list)
+
+
+def training_set_sizes(records: Sequence[Any]) -> dict[str, int]:
+    """Run id -> number of training images, from the run's split (each dataset loaded once, from
+    its cache). Runs whose dataset cannot be loaded here are left out."""
+    from core.datasets import load_dataset, split
+
+    loaded: dict[tuple[Any, ...], Any] = {}
+    sizes = {}
+    for record in records:
+        config = record.config
+        key = (config.dataset, config.root, config.image_size)
+        if key not in loaded:
+            try:
+                loaded[key] = load_dataset(config.dataset, config.root, split="train", size=config.image_size)
+            except (UNetLabError, OSError):
+                loaded[key] = None
+        if loaded[key] is None:
+            continue
+        try:
+            parts = split(loaded[key], config.train_fraction, config.seed, config.validation_fraction,
+                          strategy=config.split_strategy, group_pattern=config.group_pattern)
+        except UNetLabError:
+            continue
+        sizes[record.id] = len(parts.train)
+    return sizes
 
 
 def load_study_input(name: str, registry: Registry, method: str, fraction: float | None,
@@ -519,6 +653,8 @@ def load_study_input(name: str, registry: Registry, method: str, fraction: float
     records = study_records(name, registry)
     evaluations = stored_evaluations(records, registry)
     table = study_table(name, registry, method=method, records=records, evaluations=evaluations)
+    sizes = training_set_sizes(records)
+    table[TRAINING_IMAGES_COLUMN] = [sizes.get(run_id, float("nan")) for run_id in table["Run"]]
     fractions = sorted(set(float(f) for f in table["Train fraction"]))
     levels = list(dict.fromkeys(table["Augmentation"]))
     fraction = fractions[0] if fraction is None else float(fraction)
@@ -531,6 +667,29 @@ def load_study_input(name: str, registry: Registry, method: str, fraction: float
                       table=table, definition=load_study(name, registry), columns=metric_columns(table, method),
                       datasets=list(dict.fromkeys(table["Dataset"])), fractions=fractions, levels=levels,
                       fraction=fraction, level=level)
+
+
+def dataset_metrics(study: StudyInput, dataset: str) -> dict[str, str]:
+    """The metrics reported for ``dataset``: short key -> column (membrane F1 on membrane sets)."""
+    columns, table = study.columns, study.table
+    rows_of = table[table["Dataset"] == dataset]
+    membrane = (is_membrane_dataset(dataset) and columns["membrane_f1"] in table
+                and rows_of[columns["membrane_f1"]].notna().any())
+    return {key: columns[key] for key in ["pixel_f1", *(["membrane_f1"] if membrane else []), "dsb_map", "ap50"]}
+
+
+def study_comparisons(study: StudyInput) -> list[Any]:
+    """Every level against none, paired by seed, for every dataset, setting, fraction and
+    compared metric (pixel F1, membrane F1 on membrane sets, DSB mAP), Holm-adjusted together."""
+    from core.tables import evaluated_rows, level_comparisons, with_holm
+
+    comparisons = []
+    evaluated = evaluated_rows(study.table)
+    for dataset in study.datasets:
+        metrics = {key: column for key, column in dataset_metrics(study, dataset).items() if key != "ap50"}
+        comparisons += level_comparisons(evaluated[evaluated["Dataset"] == dataset], metrics, study.evaluations,
+                                         method=study.method)
+    return with_holm(comparisons)
 
 
 def write_overview(doc: Document, study: StudyInput) -> None:
@@ -597,56 +756,151 @@ def write_methods(doc: Document, study: StudyInput) -> None:
                   "elbow of the SSE curve, centres as markers). Pixel scores do not depend on it.")
 
 
+def write_statistics(doc: Document, study: StudyInput) -> None:
+    """How the report compares settings: pairing, tests, intervals and the Holm family."""
+    tested = sum(c.paired.p_t is not None for c in study.comparisons)
+    doc.heading("How settings are compared")
+    doc.paragraph(
+        "Runs are grouped by setting: every run setting except the seed and bookkeeping (study, notes, device, "
+        "threads); runs of different settings (another budget, width, learning rate...) are never averaged "
+        "together. Within a setting, runs with the same seed share the split and the initial weights, so each "
+        "augmentation level is compared with none paired by seed, at the same train fraction: the paired t-test "
+        "over seeds (and the Wilcoxon signed-rank test where at least 5 seeds differ; with 5 its smallest p is "
+        "0.0625), the effect size d_z (mean difference / sd of the differences), a 95% t interval over seeds of "
+        "the run scores' difference, and a 95% two-stage bootstrap interval (seeds, then validation images "
+        "within each seed, 10,000 resamples) of the mean per-image difference, from the per-image scores stored "
+        "with each evaluation (pixel F1 and DSB mAP; the membrane F1 has no per-image scores, so its interval is "
+        "the t one). "
+        f"p-values are Holm-adjusted over all {tested} tested comparisons of this report (family-wise error 5%). "
+        "'Not distinguishable' means the data cannot tell the settings apart with these seeds, not that they are "
+        "equal.")
+
+
+def write_comparisons(doc: Document, comparisons: Sequence[Any], dataset: str, level: int = 3) -> None:
+    of_dataset = [c for c in comparisons if c.dataset == dataset]
+    if not of_dataset:
+        return
+    doc.heading("Does augmentation help? Each level against none, paired by seed", level)
+    for setting in dict.fromkeys(c.setting for c in of_dataset):
+        these = [c for c in of_dataset if c.setting == setting]
+        doc.table(*comparison_rows(these))
+        doc.markdown.extend([f"- {c.sentence()}" for c in these] + [""])
+        doc.body.append("<ul>" + "".join(f"<li>{html.escape(c.sentence())}</li>" for c in these) + "</ul>")
+    doc.paragraph("Differences are level minus none (positive: the level scores higher). 'mean difference over "
+                  "seeds' uses each run's score (pixel scores pooled over the validation images); 'mean per-image "
+                  "difference' averages the per-image scores, so the two can differ. p Holm is adjusted over every "
+                  "comparison in this report; n is the seeds paired (x validation images per seed).")
+
+
+def learning_curve_rows(rows: Any, metric: str) -> dict[str, Any]:
+    """Level -> its runs' (training images, score, seed) for one setting of one dataset."""
+    import pandas as pd
+
+    from core.tables import level_order
+
+    out = {}
+    for level in level_order(rows["Augmentation"]):
+        at = rows[(rows["Augmentation"] == level)].dropna(subset=[metric, TRAINING_IMAGES_COLUMN])
+        if not at.empty:
+            out[level] = pd.DataFrame({"n": at[TRAINING_IMAGES_COLUMN].astype(float), "score": at[metric].astype(float),
+                                       "seed": at["Seed"].astype(int)})
+    return out
+
+
+def write_learning_curves(doc: Document, rows: Any, metrics: Mapping[str, str], dataset: str, setting: str,
+                          level: int = 3) -> None:
+    """Score against training images per level, the fitted power law and what twice the images buys."""
+    from core.figures import learning_curve_figure
+    from core.stats import fit_learning_curve
+    from core.tables import METRIC_WORDS
+
+    if TRAINING_IMAGES_COLUMN not in rows or rows[TRAINING_IMAGES_COLUMN].notna().sum() == 0:
+        return
+    sizes = rows[TRAINING_IMAGES_COLUMN].dropna().nunique()
+    if sizes < 3:
+        doc.paragraph(f"Learning curve: not fitted, {sizes} distinct training-set size{'s' if sizes != 1 else ''} "
+                      "measured in this setting (a power law needs at least 3).")
+        return
+    doc.heading("Learning curves: score against the number of training images", level)
+    panels, sentences, fitted = {}, [], False
+    for key, metric in metrics.items():
+        panel = {}
+        for level, points in learning_curve_rows(rows, metric).items():
+            curve = fit_learning_curve(points["n"], points["score"], points["seed"], ceiling=1.0)
+            panel[level] = (points, curve)
+            largest = float(points["n"].max())
+            sentences.append(f"{METRIC_WORDS.get(key, metric)}, {level}: "
+                             + curve.sentence(largest, largest, metric=METRIC_WORDS.get(key, metric)))
+            fitted = fitted or curve.fitted
+        panels[metric] = panel
+    if fitted:
+        doc.figure(learning_curve_figure(panels, title=f"{dataset} ({setting}): score against training images"),
+                   "(figure in report.html: mean and 95% t interval over seeds at each training-set size, the "
+                   "fitted power law a - b n^-c with its bootstrap band)")
+    doc.markdown.extend([f"- {text}" for text in sentences] + [""])
+    doc.body.append("<ul>" + "".join(f"<li>{html.escape(text)}</li>" for text in sentences) + "</ul>")
+    doc.paragraph("Fits of score = a - b n^(-c) to every run (n training images, a at most 1), by least squares; "
+                  "the interval resamples whole seeds (2,000 bootstrap refits, widened for few seeds). 'From N to "
+                  "2N' starts at the largest training set measured, so it extrapolates: read it as a hint of "
+                  "whether more images would help, not as a measurement.")
+
+
 def write_dataset(doc: Document, study: StudyInput, dataset: str, out: Path) -> list[Path]:
-    """Grids with seed-noise marks, level-vs-none effects, lines, curves and an image strip."""
+    """Per setting: grids with seed-noise marks, paired level-vs-none comparisons, learning
+    curves and lines; then the main setting's curves and image strip."""
     from core.figures import curves_from_arrays, grid_heatmap, roc_pr_figures
     from core.overlays import png_bytes
-    from core.tables import grid_summary
+    from core.tables import grid_summary, setting_groups, variation_text
 
     table, columns = study.table, study.columns
     doc.heading(dataset)
-    rows_of = table[table["Dataset"] == dataset]
-    if rows_of[columns["roc_auc"]].notna().sum() == 0:
+    rows_of = table[(table["Dataset"] == dataset) & table[columns["roc_auc"]].notna()]
+    if rows_of.empty:
         doc.paragraph("No evaluated runs yet.")
         return []
-    membrane = (is_membrane_dataset(dataset) and columns["membrane_f1"] in table
-                and rows_of[columns["membrane_f1"]].notna().any())
-    metrics_here = {key: columns[key] for key in ["pixel_f1", *(["membrane_f1"] if membrane else []), "dsb_map", "ap50"]}
-    for metric in metrics_here.values():
-        doc.heading(metric, 3)
-        header, rows, notes = grid_rows(grid_table(table, dataset, metric))
-        doc.table(header, rows)
-        for note in notes:
-            doc.paragraph(note)
-        doc.figure(grid_heatmap(grid_summary(rows_of, metric), title=f"{dataset}: {metric}, mean ± sd over seeds"))
-    header, rows = augmentation_effects(table, dataset, list(metrics_here.values()))
-    if rows:
-        doc.heading("Does augmentation help? Each level against none at the same train fraction", 3)
-        doc.table(header, rows)
-        doc.paragraph("Difference of the means over seeds (positive: the level scores higher than no "
-                      f"augmentation) and, where both cells have two or more seeds, Welch's t-test p; p < "
-                      f"{NOISE_ALPHA} is a difference beyond seed noise. With two seeds per cell only large, "
-                      "consistent differences reach it, and p ≥ 0.05 does not mean the levels are equal.")
-    doc.heading("Metrics versus train fraction", 3)
-    doc.figure(fraction_lines_figure(table, dataset, metrics_here),
-               "(figure in report.html: one line per augmentation level, error bars = sd over seeds)")
+    metrics_here = dataset_metrics(study, dataset)
+    groups = setting_groups(rows_of)
+    if len(groups) > 1:
+        doc.paragraph(f"{len(groups)} settings ({variation_text(rows_of)}), each shown on its own: their runs are "
+                      "never averaged together.")
+    sub = 4 if len(groups) > 1 else 3
+    for setting, rows in groups.items():
+        if len(groups) > 1:
+            doc.heading(f"{dataset}, setting: {setting}", 3)
+        else:
+            doc.paragraph(f"Setting: {setting}.")
+        for metric in metrics_here.values():
+            doc.heading(metric, sub)
+            header, grid_lines, notes = grid_rows(grid_table(rows, dataset, metric, setting))
+            doc.table(header, grid_lines)
+            for note in notes:
+                doc.paragraph(note)
+            doc.figure(grid_heatmap(grid_summary(rows, metric),
+                                    title=f"{dataset}: {metric}, mean ± sd over seeds ({setting})"))
+        write_comparisons(doc, [c for c in study.comparisons if c.setting == setting], dataset, sub)
+        write_learning_curves(doc, rows, {k: v for k, v in metrics_here.items() if k != "ap50"}, dataset, setting, sub)
+        doc.heading("Metrics versus train fraction", sub)
+        doc.figure(fraction_lines_figure(rows, dataset, metrics_here),
+                   "(figure in report.html: one line per augmentation level, error bars = sd over seeds)")
 
-    cells = representative_runs(table, dataset)
+    setting, rows = next(iter(groups.items()))
+    cells = representative_runs(rows, dataset)
     curves = {}
     for (level, fraction), run_id in sorted(cells.items(), key=lambda item: (item[0][1], study.levels.index(item[0][0]))):
         stored = curves_from_arrays(study.registry.evaluation_arrays(run_id, "val"))
         if stored is not None:
             curves[f"{level} {fraction:.0%}"] = stored
+    where = f" ({setting})" if len(groups) > 1 else ""
     if curves:
-        doc.heading("ROC and precision-recall curves (pixels)", 3)
-        roc, pr = roc_pr_figures(curves, float(rows_of["Threshold"].mode().iloc[0]))
-        seed = int(rows_of.loc[rows_of[columns["roc_auc"]].notna(), "Seed"].min())
+        doc.heading(f"ROC and precision-recall curves (pixels){where}", 3)
+        roc, pr = roc_pr_figures(curves, float(rows["Threshold"].mode().iloc[0]))
+        seed = int(rows["Seed"].min())
         doc.figure(roc)
         doc.figure(pr, f"(figures in report.html: one curve per cell, seed {seed} runs)")
     strip = image_strip(cells, study.registry)
     if strip is None:
         return []
-    doc.heading("The same validation image across the grid", 3)
+    doc.heading(f"The same validation image across the grid{where}", 3)
     rgb, caption = strip
     path = out / f"strip_{re.sub(r'[^A-Za-z0-9._-]', '_', dataset)}.png"
     doc.image(path, png_bytes(rgb), f"{dataset} strip", caption)
@@ -658,10 +912,11 @@ def write_every_run(doc: Document, study: StudyInput) -> None:
 
     doc.heading("Every run")
     keys = ["pixel_f1", "dsb_map", "paper_map", "ap50", "roc_auc", "average_precision"]
-    header = ["Run", "Dataset", "Train fraction", "Augmentation", "Seed", "Status", "Epochs", "Evaluated on",
-              *(study.columns[key] for key in keys), "Run time"]
+    header = ["Run", "Dataset", "Train fraction", "Augmentation", "Seed", SETTING_COLUMN, "Status", STOPPED_COLUMN,
+              "Best epoch", TRAINING_IMAGES_COLUMN, "Evaluated on", *(study.columns[key] for key in keys), "Run time"]
     rows = [[row["Run"], row["Dataset"], f"{row['Train fraction']:.0%}", row["Augmentation"], row["Seed"],
-             row["Status"], row["Epochs"], row.get("Evaluated on", ""),
+             row[SETTING_COLUMN], row["Status"], row[STOPPED_COLUMN] or "-", number(row["Best epoch"], 0),
+             number(row.get(TRAINING_IMAGES_COLUMN), 0), row.get("Evaluated on", ""),
              *(number(row[study.columns[key]]) for key in keys),
              format_duration(row[RUN_TIME_COLUMN])] for _, row in study.table.iterrows()]
     doc.table(header, rows)
@@ -697,6 +952,8 @@ def build_report(name: str, out_dir: str | Path, registry: Registry | None = Non
     write_machine_and_time(doc, study)
     write_table1(doc, study)
     write_methods(doc, study)
+    study.comparisons = study_comparisons(study)
+    write_statistics(doc, study)
     images = [path for dataset in study.datasets for path in write_dataset(doc, study, dataset, out)]
     write_every_run(doc, study)
 

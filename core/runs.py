@@ -83,7 +83,10 @@ CREATE TABLE IF NOT EXISTS runs (
     progress TEXT,
     heartbeat REAL,
     pid_start INTEGER,
-    cancel_requested REAL
+    cancel_requested REAL,
+    executor TEXT,
+    node TEXT,
+    device TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_study ON runs(study);
 CREATE TABLE IF NOT EXISTS epochs (
@@ -107,6 +110,11 @@ CREATE TABLE IF NOT EXISTS evaluations (
 ADDED_COLUMNS = {
     "pid_start": "INTEGER",  # start time of the owning process, clock ticks since boot
     "cancel_requested": "REAL",  # when `cancel` asked the owning process to stop
+    # Where the current (or last) attempt trained: set by the process that trains it, cleared
+    # when a new attempt starts. executor: "local" (this machine's queue or `train`) or "ray".
+    "executor": "TEXT",
+    "node": "TEXT",  # host name (and, on Ray, its IP and node id)
+    "device": "TEXT",  # e.g. "cpu", "cuda (NVIDIA H100 80GB HBM3)"
 }
 
 # SQLite result codes (sqlite3.Error.sqlite_errorcode & 0xff) that say what went wrong.
@@ -134,6 +142,9 @@ class RunRecord:
     heartbeat: float | None = None
     pid_start: int | None = None  # start time of process ``pid`` (clock ticks since boot), if known
     cancel_requested: float | None = None
+    executor: str | None = None  # "local" or "ray": who trains (or trained) the current attempt
+    node: str | None = None  # the machine it trained on
+    device: str | None = None  # the device it trained on
 
     @property
     def best_checkpoint(self) -> Path:
@@ -164,6 +175,9 @@ class RunRecord:
             "pid": self.pid,
             "pid_start": self.pid_start,
             "cancel_requested": self.cancel_requested,
+            "executor": self.executor,
+            "node": self.node,
+            "device": self.device,
             "checkpoint_dir": str(self.checkpoint_dir),
             "progress": self.progress,
             "config": self.config.to_dict(),
@@ -528,8 +542,8 @@ class Registry:
             raise RunError(f"run {run_id} is {expected}; it cannot become {status}")
         now = time.time()
         if status == "running" and expected in ("queued", "failed", "cancelled"):  # a new attempt
-            sets = ("started=?, finished=NULL, error=NULL, cancel_requested=NULL, pid=?, pid_start=?, heartbeat=?",
-                    [now, pid, pid_start, now])
+            sets = ("started=?, finished=NULL, error=NULL, cancel_requested=NULL, pid=?, pid_start=?, heartbeat=?,"
+                    " executor=NULL, node=NULL, device=NULL", [now, pid, pid_start, now])
         elif status == "running":  # handing over (or confirming) the owner of a running run
             sets = ("pid=?, pid_start=?, heartbeat=?", [pid, pid_start, now])
         elif status == "evaluating":
@@ -663,6 +677,19 @@ class Registry:
             cursor = db.execute("UPDATE runs SET cancel_requested=? WHERE id=? AND status=? AND pid IS ?",
                                 (time.time(), run_id, expected, pid))
             return cursor.rowcount == 1
+
+    def set_placement(self, run_id: str, *, executor: str | None = None, node: str | None = None,
+                      device: str | None = None, started: float | None = None) -> None:
+        """Record who trains the run's current attempt, where, and (``started``) since when, if it
+        began training later than it was claimed (a Ray task waits for resources). Only the
+        values given change."""
+        values = {"executor": executor, "node": node, "device": device, "started": started}
+        given = {column: value for column, value in values.items() if value is not None}
+        if not given:
+            return
+        with self._connect() as db:
+            db.execute(f"UPDATE runs SET {', '.join(f'{column}=?' for column in given)} WHERE id=?",
+                       [*given.values(), run_id])
 
     def update_progress(self, run_id: str, **progress: Any) -> None:
         """Store live progress (epoch, step, ETA...) and refresh the heartbeat."""
@@ -861,4 +888,7 @@ class Registry:
             heartbeat=row["heartbeat"],
             pid_start=row["pid_start"] if "pid_start" in keys else None,
             cancel_requested=row["cancel_requested"] if "cancel_requested" in keys else None,
+            executor=row["executor"] if "executor" in keys else None,
+            node=row["node"] if "node" in keys else None,
+            device=row["device"] if "device" in keys else None,
         )

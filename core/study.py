@@ -1,8 +1,10 @@
 """Comparison studies: a named grid of training runs, queued, resumed and tabulated.
 
-A study is a name plus one or more *grids*; each grid is datasets x train fractions x
-augmentation levels x seeds, with shared training settings (a preset plus explicit
-overrides). Every grid cell becomes one :class:`~core.config.RunConfig` with
+A study is a name plus one or more *grids*; each grid is datasets x training budgets x
+train fractions x augmentation levels x seeds, with shared training settings (a preset plus
+explicit overrides). A *budget* is the number of optimiser steps a run may take: it sets the
+run's epochs to budget / steps per epoch (with early stopping, the most it trains), so one
+study compares levels at equal budgets and, with a large budget and a patience, at convergence. Every grid cell becomes one :class:`~core.config.RunConfig` with
 ``study=NAME``, queued through :mod:`core.queue` like the app's runs.
 
 A cell is identified by its whole config except ``study``, ``notes`` and ``extra`` (see
@@ -75,6 +77,9 @@ class StudyGrid:
 
     datasets: list[str]
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.5, 0.8])
+    #: Optimiser steps per run; each sets the run's epochs (budget / steps per epoch). Empty:
+    #: the epochs of the preset or of the overrides.
+    budgets: list[int] = field(default_factory=list)
     augmentations: list[str] = field(default_factory=lambda: ["none", "light", "heavy"])
     seeds: list[int] = field(default_factory=lambda: [0])
     roots: dict[str, str] = field(default_factory=dict)
@@ -86,7 +91,7 @@ class StudyGrid:
 
     def same_cells(self, other: "StudyGrid") -> bool:
         """True when both grids define the same runs (how and where they were launched aside)."""
-        keys = ("datasets", "fractions", "augmentations", "seeds", "roots", "preset", "overrides")
+        keys = ("datasets", "budgets", "fractions", "augmentations", "seeds", "roots", "preset", "overrides")
         return all(getattr(self, key) == getattr(other, key) for key in keys)
 
 
@@ -172,6 +177,29 @@ def parse_augmentations(text: str) -> list[str]:
         raise UNetLabError(f"--augmentations: unknown level(s) {', '.join(unknown)}; "
                            f"choose from {', '.join(AUGMENTATION_LEVELS)}")
     return levels
+
+
+def parse_budgets(text: str) -> list[int]:
+    """``"300,900"`` -> ``[300, 900]``: optimiser steps per run, each a positive whole number."""
+    budgets: list[int] = []
+    for part in parse_list(text, "--budgets"):
+        try:
+            value = int(part)
+        except ValueError:
+            raise UNetLabError(f"--budgets: {part!r} is not a whole number of optimiser steps, such as 300") from None
+        if value < 1:
+            raise UNetLabError(f"--budgets: {part!r} must be at least 1 step")
+        if value not in budgets:
+            budgets.append(value)
+    return budgets
+
+
+def budget_epochs(budget: int, steps_per_epoch: int) -> int:
+    """The epochs of a run with ``budget`` optimiser steps; UNetLabError unless it divides exactly."""
+    if budget % steps_per_epoch:
+        raise UNetLabError(f"budget {budget} steps is not a whole number of epochs of {steps_per_epoch} steps; "
+                           f"use a multiple of {steps_per_epoch} (or change --steps-per-epoch)")
+    return budget // steps_per_epoch
 
 
 def parse_roots(text: str | None) -> dict[str, str]:
@@ -293,15 +321,20 @@ def grid_configs(grid: StudyGrid, study: str) -> list[RunConfig]:
     """One validated RunConfig per cell, seeds outermost.
 
     Seeds come first so that a study stopped half-way has covered the whole grid once
-    (seed 0) rather than some cells with every seed; within a seed: dataset, fraction,
-    level in the order given.
+    (seed 0) rather than some cells with every seed; within a seed: dataset, budget,
+    fraction, level in the order given.
     """
     check_overrides(grid.overrides)
+    if grid.budgets and "epochs" in grid.overrides:
+        raise UNetLabError("--budgets sets each run's epochs (budget / steps per epoch): leave out --epochs")
     per_dataset = []
     for dataset in grid.datasets:
         base = RunConfig(**{**preset_settings(grid.preset, dataset), **grid.overrides,
                             "dataset": dataset, "root": grid.roots.get(dataset)})
-        per_dataset.append(configs_for_grid(base, grid.fractions, grid.augmentations, grid.seeds, study=study))
+        for budget in grid.budgets or [None]:
+            if budget is not None:
+                base = dataclasses.replace(base, epochs=budget_epochs(int(budget), base.steps_per_epoch))
+            per_dataset.append(configs_for_grid(base, grid.fractions, grid.augmentations, grid.seeds, study=study))
     seed_rank = {seed: rank for rank, seed in enumerate(grid.seeds)}
     ordered = [config for configs in per_dataset for config in configs]
     return sorted(ordered, key=lambda config: seed_rank[config.seed])  # stable: keeps the rest in order
@@ -357,6 +390,8 @@ def validate_grid(grid: StudyGrid) -> StudyGrid:
 
     if not grid.datasets:
         raise UNetLabError("--datasets: give at least one dataset")
+    if any(not isinstance(budget, int) or budget < 1 for budget in grid.budgets):
+        raise UNetLabError(f"--budgets: every budget must be a whole number of steps >= 1, got {grid.budgets}")
     for what, values in (("--fractions", grid.fractions), ("--augmentations", grid.augmentations),
                          ("--seeds", grid.seeds)):
         if not values:
@@ -671,8 +706,9 @@ def study_table(name: str, registry: Registry, method: str = "components",
 
     Built on :func:`core.tables.runs_table` (the Compare page's table, same column
     names: metrics named exactly as in :data:`core.metrics.METRIC_NAMES`, instance metrics
-    for post-processing ``method``), with the config fields it leaves out, the remaining
-    stored metrics and the run's duration added.
+    for post-processing ``method``; every config field; the ``Setting`` column naming each
+    run's setting, see :func:`core.tables.setting_label`), with the remaining stored metrics
+    and the run's duration added.
 
     Raises
     ------
@@ -683,7 +719,7 @@ def study_table(name: str, registry: Registry, method: str = "components",
 
     from core.metrics import METRIC_NAMES, metric_name
     from core.postprocess import METHODS
-    from core.tables import EXTRA_CONFIG_COLUMNS, RUN_TIME_COLUMN, format_time, instance_column, runs_table
+    from core.tables import RUN_TIME_COLUMN, format_time, instance_column, runs_table
 
     if method not in METHODS:
         raise UNetLabError(f"unknown post-processing method {method!r}; choose one of {', '.join(METHODS)}")
@@ -697,10 +733,8 @@ def study_table(name: str, registry: Registry, method: str = "components",
     threshold = max(set(thresholds), key=thresholds.count)
     extra_rows = []
     for record in records:
-        config, summary = record.config, evaluations[record.id]
-        row: dict[str, Any] = {title: getattr(config, key) for key, title in EXTRA_CONFIG_COLUMNS.items()}
-        row[EXTRA_CONFIG_COLUMNS["image_size"]] = config.image_size or 0
-        row[EXTRA_CONFIG_COLUMNS["threads"]] = config.threads or 0
+        summary = evaluations[record.id]
+        row: dict[str, Any] = {}
         pixel = (summary or {}).get("pixel", {})
         instances = (summary or {}).get("instances", {}).get(method, {})
         restricted = (summary or {}).get("foreground_restricted", {}).get(method, {})
@@ -753,8 +787,9 @@ def describe_machine(info: Mapping[str, Any]) -> str:
 
 __all__ = [
     "PAPER_EPOCHS_GUESS", "PRESETS", "PlannedRun", "RunState", "StudyDefinition", "StudyGrid", "StudyProgress",
-    "check_study_name", "configs_for_grid", "decide_action", "estimate_eta", "follow", "grid_configs", "launch",
-    "load_study", "machine_info", "parse_augmentations", "parse_fractions", "parse_roots", "parse_seeds", "plan_study",
+    "budget_epochs", "check_study_name", "configs_for_grid", "decide_action", "estimate_eta", "follow", "grid_configs",
+    "launch", "load_study", "machine_info", "parse_augmentations", "parse_budgets", "parse_fractions", "parse_roots",
+    "parse_seeds", "plan_study",
     "preset_settings",
     "run_identity", "save_study", "study_names", "study_progress", "study_records", "study_table", "validate_grid",
 ]

@@ -30,17 +30,20 @@ from core.metrics import METRIC_NAMES, metric_name
 if TYPE_CHECKING:
     from core.user_datasets import UserDataset
 
-#: Column titles of the config fields that :func:`runs_table` does not show; the study
-#: table (:func:`core.study.study_table`) adds them.
+#: Column titles of the config fields that :func:`runs_table` shows after its scores (the
+#: fields it shows first have titles in :data:`SETTING_COLUMNS` too).
 EXTRA_CONFIG_COLUMNS: dict[str, str] = {
     "image_size": "Image size (0 = native)",
     "validation_fraction": "Validation fraction",
+    "split_strategy": "Split strategy",
+    "group_pattern": "Group pattern",
     "batch_size": "Batch size",
     "patch_size": "Patch size",
     "optimizer": "Optimizer",
     "learning_rate": "Learning rate",
     "lr_schedule": "LR schedule",
     "weight_decay": "Weight decay",
+    "early_stopping_patience": "Early stopping patience (0 = off)",
     "device": "Device",
     "precision": "Precision",
     "channels_last": "Channels last",
@@ -48,6 +51,32 @@ EXTRA_CONFIG_COLUMNS: dict[str, str] = {
     "tile_size": "Tile size",
     "notes": "Notes",
 }
+#: The column title of every RunConfig field (``extra`` aside) in the runs and study tables.
+SETTING_COLUMNS: dict[str, str] = {
+    "dataset": "Dataset", "root": "Folder", "train_fraction": "Train fraction", "augmentation": "Augmentation",
+    "seed": "Seed", "epochs": "Epochs", "steps_per_epoch": "Steps per epoch", "base_width": "Model width",
+    "depth": "Depth", "loss": "Loss", "threshold": "Threshold", "study": "Study", **EXTRA_CONFIG_COLUMNS,
+}
+#: RunConfig fields that record how or where a run was made, not the setting it measures: two
+#: runs that differ only in these (and in the seed) are repeats of one setting. ``device`` and
+#: ``threads`` can change the last digits of a result but not what a user compares; ``precision``
+#: (bf16 against fp32 training) is a setting.
+BOOKKEEPING_FIELDS: tuple[str, ...] = ("study", "notes", "extra", "device", "threads")
+#: The field whose runs are repeats of one setting.
+REPEAT_FIELD = "seed"
+#: Fields a comparison grid lays out: it is drawn per dataset (and folder), with train fractions
+#: as columns and augmentation levels as rows. Every other setting field is the grid's *setting*.
+GRID_AXIS_FIELDS: tuple[str, ...] = ("dataset", "root", "train_fraction", "augmentation")
+#: The runs and study tables' column naming each run's setting (see :func:`setting_label`).
+SETTING_COLUMN = "Setting"
+#: The runs table's column of the optimiser steps a run may take (epochs x steps per epoch).
+BUDGET_COLUMN = "Budget (optimizer steps)"
+#: The runs table's column saying how training ended (all epochs, or early stopping).
+STOPPED_COLUMN = "Stopped"
+#: The report's results table's column of each run's number of training images (from its split).
+TRAINING_IMAGES_COLUMN = "Training images"
+#: The runs and study tables' column saying where each run trained (see :func:`trained_on_text`).
+TRAINED_ON_COLUMN = "Trained on (node, device)"
 #: The study table's column of each run's duration.
 RUN_TIME_COLUMN = "Run time (s, training + evaluation)"
 #: What the negative-class F1 column means, shown as its help in tables.
@@ -84,6 +113,147 @@ def format_time(timestamp: float | None) -> str:
 def instance_column(key: str, method: str) -> str:
     """Column name of an instance metric for one post-processing method."""
     return f"{METRIC_NAMES[key]} [{method}]"
+
+
+# --------------------------------------------------------------------------------------
+# Settings: which runs are repeats of the same setting
+# --------------------------------------------------------------------------------------
+# One rule everywhere (grids, comparisons, the study table, the report, the Compare page):
+# two runs measure the same setting when every RunConfig field is equal except the seed and
+# the bookkeeping fields (BOOKKEEPING_FIELDS). Runs of different settings are never averaged.
+
+
+def setting_fields(config: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The fields that define a run's setting: every config field but the seed and bookkeeping."""
+    values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+    return {key: value for key, value in values.items() if key != REPEAT_FIELD and key not in BOOKKEEPING_FIELDS}
+
+
+def setting_key(config: RunConfig | Mapping[str, Any]) -> str:
+    """A string equal for two configs exactly when they measure the same setting (see
+    :data:`BOOKKEEPING_FIELDS`): sorted JSON of :func:`setting_fields`.
+
+    >>> setting_key(RunConfig(seed=1, device="cpu")) == setting_key(RunConfig(seed=2, threads=2))
+    True
+    >>> setting_key(RunConfig(epochs=3)) == setting_key(RunConfig(epochs=6))
+    False
+    """
+    import json
+
+    return json.dumps(setting_fields(config), sort_keys=True, default=str)
+
+
+def varying_fields(configs: Sequence[RunConfig | Mapping[str, Any]], exclude: Sequence[str] = ()) -> list[str]:
+    """The setting fields (RunConfig order) whose value differs among ``configs``, less ``exclude``.
+
+    The seed and the bookkeeping fields never count.
+    """
+    rows = [setting_fields(config) for config in configs]
+    fields = [name for name in RunConfig.__dataclass_fields__ if name != REPEAT_FIELD
+              and name not in BOOKKEEPING_FIELDS and name not in exclude]
+    return [name for name in fields if len({repr(row.get(name)) for row in rows}) > 1]
+
+
+def _field_text(name: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        value = "none"
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return f"{name.replace('_', ' ')} {value}"
+
+
+def budget_text(epochs: Any, steps_per_epoch: Any, patience: Any = None) -> str:
+    """``"300 steps (12 epochs x 25)"``, or ``"at most 300 steps (12 epochs x 25), patience 5"``."""
+    try:
+        epochs, steps = int(epochs), int(steps_per_epoch)
+    except (TypeError, ValueError):
+        return ""
+    text = f"{epochs * steps} steps ({epochs} epoch{'' if epochs == 1 else 's'} x {steps})"
+    if patience not in (None, 0) and not (isinstance(patience, float) and math.isnan(patience)):
+        text = f"at most {text}, patience {int(patience)}"
+    return text
+
+
+def setting_label(config: RunConfig | Mapping[str, Any], fields: Sequence[str]) -> str:
+    """A run's setting in words: its training budget, then the value of each of ``fields``.
+
+    ``fields`` are the fields that vary among the runs shown together (:func:`varying_fields`,
+    less the grid's axes), so two runs with the same label there are repeats of one setting,
+    e.g. ``"600 steps (24 epochs x 25), learning rate 0.003"``.
+    """
+    values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+    budget_fields = ("epochs", "steps_per_epoch", "early_stopping_patience")
+    parts = [budget_text(values.get("epochs"), values.get("steps_per_epoch"), values.get("early_stopping_patience"))]
+    if not parts[0]:
+        parts = [_field_text(name, values.get(name)) for name in budget_fields if name in fields]
+    parts += [_field_text(name, values.get(name)) for name in fields if name not in budget_fields]
+    return ", ".join(part for part in parts if part) or "one setting"
+
+
+def _table_setting_fields(table: pd.DataFrame) -> list[str]:
+    """Setting fields (grid axes aside) that have a column in ``table``."""
+    return [name for name, title in SETTING_COLUMNS.items() if title in table.columns and name != REPEAT_FIELD
+            and name not in BOOKKEEPING_FIELDS and name not in GRID_AXIS_FIELDS]
+
+
+def table_settings(table: pd.DataFrame) -> pd.Series:
+    """Each row's setting label (grid axes and seed aside): the table's :data:`SETTING_COLUMN`
+    when it has one, else built from its setting columns (a table saved before that column)."""
+    if SETTING_COLUMN in table.columns:
+        return table[SETTING_COLUMN].fillna("unknown setting").astype(str)
+    fields = _table_setting_fields(table)
+    varying = [name for name in fields if table[SETTING_COLUMNS[name]].nunique(dropna=False) > 1]
+    labels = []
+    for _, row in table.iterrows():
+        values = {name: row[SETTING_COLUMNS[name]] for name in fields}
+        labels.append(setting_label(values, varying))
+    return pd.Series(labels, index=table.index, dtype=object)
+
+
+def grid_groups(table: pd.DataFrame) -> pd.Series:
+    """Each row's grid: its setting label, prefixed with the dataset (and folder) where the table
+    holds several. Runs in different grid groups are never averaged together."""
+    labels = table_settings(table)
+    for title in ("Folder", "Dataset"):
+        if title in table.columns and table[title].fillna("").nunique() > 1:
+            labels = table[title].fillna("").astype(str) + ", " + labels
+    return labels
+
+
+def setting_groups(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The rows of each grid group (:func:`grid_groups`), the group with most runs first."""
+    if table.empty:
+        return {}
+    labels = grid_groups(table)
+    order = sorted(dict.fromkeys(labels), key=lambda label: -int((labels == label).sum()))
+    return {label: table[labels == label] for label in order}
+
+
+def variation(table: pd.DataFrame) -> dict[str, list[Any]]:
+    """Setting fields (grid axes aside) whose values differ among the rows: name -> sorted values."""
+    out = {}
+    for name in _table_setting_fields(table):
+        values = table[SETTING_COLUMNS[name]].dropna().unique().tolist()
+        if len(values) > 1:
+            try:
+                values = sorted(values)
+            except TypeError:
+                values = sorted(values, key=str)
+        if len(values) > 1:
+            out[name] = values
+    if not out and SETTING_COLUMN in table.columns and table[SETTING_COLUMN].nunique() > 1:
+        out["setting"] = sorted(table[SETTING_COLUMN].dropna().unique().tolist())
+    return out
+
+
+def variation_text(table: pd.DataFrame) -> str:
+    """``"varies: epochs (3, 6)"``; empty when the rows hold one setting (grid axes aside)."""
+    found = variation(table)
+    if not found:
+        return ""
+    return "varies: " + "; ".join(
+        f"{name.replace('_', ' ')} ({', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)})"
+        for name, values in found.items())
 
 
 # --------------------------------------------------------------------------------------
@@ -149,6 +319,8 @@ def progress_view(status: str, progress: Mapping[str, Any], error: str | None = 
     """Progress bar value and caption for a run's registry status and progress dict."""
     epochs = int(progress.get("epochs") or 0)
     if status == "finished":
+        if progress.get("stop_reason"):
+            return ProgressView(1.0, f"finished: {progress['stop_reason']} (at most {epochs})")
         return ProgressView(1.0, f"finished: {epochs} epoch{'' if epochs == 1 else 's'}" if epochs else "finished")
     if status == "queued":
         return ProgressView(0.0, "queued: waits for a free training slot")
@@ -162,6 +334,8 @@ def progress_view(status: str, progress: Mapping[str, Any], error: str | None = 
         return ProgressView(_fraction(progress), f"{status}{where}" + (f": {reason}" if reason else ""))
     epoch, step = int(progress.get("epoch") or 0), int(progress.get("step") or 0)
     steps = int(progress.get("steps_per_epoch") or 0)
+    if progress.get("waiting"):  # e.g. a Ray run waiting for a worker with free resources
+        return ProgressView(0.0, f"running: {progress['waiting']}")
     if not epochs:
         return ProgressView(0.0, "running: loading data and validating the untrained model")
     parts = [f"epoch {epoch}/{epochs}", f"step {step}/{steps}"]
@@ -220,33 +394,63 @@ def runs_table(records: Sequence[Any], evaluations: Mapping[str, Mapping[str, An
     rows = []
     thresholds = [record.config.threshold for record in records] or [0.5]
     threshold = max(set(thresholds), key=thresholds.count)
+    varying = varying_fields([record.config for record in records], exclude=GRID_AXIS_FIELDS)
     for record in records:
         config: RunConfig = record.config
-        row: dict[str, Any] = {
+        row: dict[str, Any] = config_columns(config)
+        row.update({
             "Run": record.id,
-            "Dataset": config.dataset,
-            "Folder": config.root or "",
             "Study": record.study or "",
             "Status": record.status,
-            "Train fraction": config.train_fraction,
-            "Augmentation": config.augmentation,
-            "Seed": config.seed,
-            "Epochs": config.epochs,
-            "Steps per epoch": config.steps_per_epoch,
-            "Model width": config.base_width,
-            "Depth": config.depth,
-            "Loss": config.loss,
-            "Threshold": config.threshold,
+            SETTING_COLUMN: setting_label(config, varying),
+            BUDGET_COLUMN: config.epochs * config.steps_per_epoch,
+            STOPPED_COLUMN: stopped_text(record),
             "Created": format_time(record.created),
-        }
+            TRAINED_ON_COLUMN: trained_on_text(record),
+        })
         summary = evaluations.get(record.id)
         row.update(_evaluation_columns(summary, method, threshold))
         rows.append(row)
     # What a comparison reads first (the varied settings and the scores), then the rest.
-    columns = ["Run", "Dataset", "Status", "Train fraction", "Augmentation", "Seed",
-               *_evaluation_columns(None, method, threshold).keys(),
-               "Epochs", "Steps per epoch", "Model width", "Depth", "Loss", "Threshold", "Study", "Folder", "Created"]
+    columns = ["Run", "Dataset", "Status", "Train fraction", "Augmentation", "Seed", SETTING_COLUMN,
+               *_evaluation_columns(None, method, threshold).keys(), STOPPED_COLUMN, BUDGET_COLUMN,
+               "Epochs", "Steps per epoch", "Model width", "Depth", "Loss", "Threshold", "Study", "Folder", "Created",
+               TRAINED_ON_COLUMN, *EXTRA_CONFIG_COLUMNS.values()]
     return pd.DataFrame(rows, columns=columns)
+
+
+def config_columns(config: RunConfig) -> dict[str, Any]:
+    """A config as table cells under :data:`SETTING_COLUMNS` titles (None sizes, threads and
+    patience as 0, no folder or group pattern as ""), so a saved CSV reads back the same."""
+    values = config.to_dict()
+    cells = {title: values[name] for name, title in SETTING_COLUMNS.items()}
+    for name, empty in (("root", ""), ("study", ""), ("group_pattern", ""), ("image_size", 0), ("threads", 0),
+                        ("early_stopping_patience", 0)):
+        if values[name] is None:
+            cells[SETTING_COLUMNS[name]] = empty
+    return cells
+
+
+def trained_on_text(record: Any) -> str:
+    """Where a run trained, e.g. ``"gpu-node-2 (10.0.0.7, node 3f2a9c1e), cuda (NVIDIA H100), via Ray"``;
+    "" when not recorded (runs made before it was, or not trained yet)."""
+    node, device, executor = (getattr(record, name, None) for name in ("node", "device", "executor"))
+    if not node and not device:
+        return ""
+    text = ", ".join(part for part in (node, device) if part)
+    return f"{text}, via Ray" if executor == "ray" else text
+
+
+def stopped_text(record: Any) -> str:
+    """How training ended: early stopping's sentence, ``"after all 10 epochs"``, or "" while
+    the run has not finished training."""
+    reason = (record.progress or {}).get("stop_reason")
+    if reason:
+        return str(reason).replace("stopped early", "early", 1)
+    if record.status in ("finished", "evaluating"):
+        epochs = record.config.epochs
+        return f"after all {epochs} epoch{'' if epochs == 1 else 's'}"
+    return ""
 
 
 def split_label(summary: Mapping[str, Any]) -> str:
@@ -309,7 +513,9 @@ def _evaluation_columns(summary: Mapping[str, Any] | None, method: str, threshol
 def comparable_metrics(table: pd.DataFrame) -> list[str]:
     """The numeric metric columns of a :func:`runs_table` that have at least one value."""
     settings = {"Train fraction", "Seed", "Epochs", "Steps per epoch", "Model width", "Depth", "Threshold",
-                "Validation images", "Best epoch", RUN_TIME_COLUMN, *EXTRA_CONFIG_COLUMNS.values()}
+                "Validation images", "Best epoch", RUN_TIME_COLUMN, BUDGET_COLUMN, TRAINING_IMAGES_COLUMN,
+                *EXTRA_CONFIG_COLUMNS.values(),
+                *SETTING_COLUMNS.values()}
     return [column for column in table.columns
             if column not in settings and pd.api.types.is_numeric_dtype(table[column])
             and table[column].notna().any()]
@@ -369,36 +575,56 @@ class GridSummary:
     """Mean, sample standard deviation and count of a metric per (augmentation, train fraction).
 
     Each frame has augmentation levels as rows (in :data:`AUGMENTATION_LEVELS` order) and
-    train fractions as columns (ascending); cells without runs are NaN (count 0).
+    train fractions as columns (ascending); cells without runs are NaN (count 0). When the
+    runs hold several settings (:func:`grid_groups`), each setting has its own rows, labelled
+    ``"level | setting"``, and ``settings`` lists them: settings are never averaged together.
     """
 
     metric: str
     mean: pd.DataFrame
     sd: pd.DataFrame
     count: pd.DataFrame
+    settings: tuple[str, ...] = ()
+
+
+def level_order(levels: Any) -> list[str]:
+    """Augmentation levels in :data:`AUGMENTATION_LEVELS` order, unknown ones after, sorted."""
+    present = set(levels)
+    return [level for level in AUGMENTATION_LEVELS if level in present] + sorted(present - set(AUGMENTATION_LEVELS))
 
 
 def grid_summary(table: pd.DataFrame, metric: str) -> GridSummary:
-    """Aggregate ``metric`` over seeds for each (augmentation, train fraction) cell.
+    """Aggregate ``metric`` over the seeds of each setting's (augmentation, train fraction) cell.
 
     Rows of ``table`` without a value of ``metric`` (not evaluated yet) are left out. The
-    standard deviation is the sample one (ddof=1), NaN for a single run.
+    standard deviation is the sample one (ddof=1), NaN for a single run. Runs of different
+    settings (:func:`grid_groups`: every config field but the seed, bookkeeping and the grid's
+    axes) fall in different rows, never in one cell.
     """
     if metric not in table.columns:
         raise UNetLabError(f"no column {metric!r} in the runs table")
     rows = table.dropna(subset=[metric])
-    grouped = rows.groupby(["Augmentation", "Train fraction"])[metric]
-    stats = grouped.agg(["mean", "std", "count"])
-    levels = [level for level in AUGMENTATION_LEVELS if level in set(rows["Augmentation"])]
-    levels += sorted(set(rows["Augmentation"]) - set(levels))
+    groups = setting_groups(rows)
+    several = len(groups) > 1
+    row_labels = pd.Series("", index=rows.index, dtype=object)
+    index: list[str] = []
+    for label, members in groups.items():
+        for level in level_order(members["Augmentation"]):
+            name = f"{level} | {label}" if several else level
+            row_labels[members.index[members["Augmentation"] == level]] = name
+            index.append(name)
     fractions = sorted(set(rows["Train fraction"]))
+    stats = rows.assign(_row=row_labels).groupby(["_row", "Train fraction"])[metric].agg(["mean", "std", "count"])
 
     def frame(column: str) -> pd.DataFrame:
         wide = stats[column].unstack("Train fraction") if len(stats) else pd.DataFrame()
-        return wide.reindex(index=levels, columns=fractions)
+        wide = wide.reindex(index=index, columns=fractions)
+        wide.index.name = None
+        return wide
 
     count = frame("count").fillna(0).astype(int)
-    return GridSummary(metric=metric, mean=frame("mean"), sd=frame("std"), count=count)
+    return GridSummary(metric=metric, mean=frame("mean"), sd=frame("std"), count=count,
+                       settings=tuple(groups) if several else ())
 
 
 # --------------------------------------------------------------------------------------
@@ -437,4 +663,204 @@ def operating_points_table(curves_by_run: Mapping[str, Any], threshold: float) -
                      METRIC_NAMES["roc_auc"]: curves.roc_auc,
                      METRIC_NAMES["average_precision"]: curves.average_precision,
                      "Positive pixels": curves.n_positive, "Negative pixels": curves.n_negative})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------
+# Paired comparisons: each augmentation level against a reference level, seed by seed
+# --------------------------------------------------------------------------------------
+
+#: Short metric words used in comparison sentences, by headline metric key.
+METRIC_WORDS: dict[str, str] = {"pixel_f1": "pixel F1", "membrane_f1": "membrane F1", "dsb_map": "DSB mAP",
+                                "paper_map": "paper mAP", "ap50": "AP@0.5"}
+
+
+def per_image_key(metric_key: str, method: str) -> str | None:
+    """The key of a headline metric in a stored evaluation's ``per_image`` rows, if it has one."""
+    return {"pixel_f1": "pixel_f1", "dsb_map": f"dsb_map[{method}]"}.get(metric_key)
+
+
+def headline_metrics(table: pd.DataFrame, method: str = "components", membrane: bool = False) -> dict[str, str]:
+    """The metrics compared by default: short key -> column of ``table`` (pixel F1, DSB mAP, and
+    the membrane F1, i.e. the negative class's pixel F1, on membrane sets), those with a value."""
+    pixel = next((c for c in table.columns if c.startswith("Pixel F1 (Dice) at threshold")), METRIC_NAMES["pixel_f1"])
+    negative = next((c for c in table.columns if c.startswith("Pixel F1 of the negative class")),
+                    METRIC_NAMES["pixel_f1_negative"])
+    chosen = {"pixel_f1": pixel, **({"membrane_f1": negative} if membrane else {}),
+              "dsb_map": instance_column("dsb_map", method)}
+    return {key: column for key, column in chosen.items() if column in table.columns and table[column].notna().any()}
+
+
+@dataclass
+class LevelComparison:
+    """One augmentation level against the reference level at one train fraction, one metric,
+    in one setting of one dataset, paired by seed (runs with the same seed share the split and
+    the initial weights). Differences are ``level - reference``.
+
+    ``paired`` is the test over seeds (:func:`core.stats.paired_comparison` of the runs' scores);
+    ``interval`` the two-stage bootstrap over seeds and validation images of the mean per-image
+    difference (:func:`core.stats.paired_bootstrap`), None without stored per-image scores;
+    ``p_holm`` the Holm-adjusted p of the paired t-test within the family it was adjusted in.
+    """
+
+    dataset: str
+    setting: str
+    fraction: float
+    level: str
+    reference: str
+    metric_key: str
+    metric: str
+    seeds: tuple[int, ...]
+    runs: tuple[tuple[str, str], ...]
+    paired: Any
+    interval: Any = None
+    n_images: int | None = None
+    p_holm: float = float("nan")
+    show_setting: bool = False
+
+    @property
+    def where(self) -> str:
+        return f"{self.fraction:.0%}" + (f", {self.setting}" if self.show_setting else "")
+
+    def sentence(self) -> str:
+        """E.g. ``pixel F1, isbi2012: heavy minus none at 10%: -0.031 [-0.052, -0.012] (bootstrap
+        95%), p = 0.004 (paired t, Holm-adjusted), 5 seeds x 17 images``."""
+        from core.stats import comparison_sentence
+
+        p_adjusted = None if math.isnan(self.p_holm) else self.p_holm
+        text = comparison_sentence(self.level, self.reference, self.where, self.paired, self.interval, p_adjusted,
+                                   self.n_images)
+        return f"{METRIC_WORDS.get(self.metric_key, self.metric)}, {self.dataset}: {text}"
+
+
+def _one_run_per_seed(rows: pd.DataFrame) -> dict[int, Any]:
+    """Seed -> the row of its run (the first, when a cell holds the same seed twice)."""
+    out: dict[int, Any] = {}
+    for _, row in rows.iterrows():
+        out.setdefault(int(row["Seed"]), row)
+    return out
+
+
+def _per_image_differences(summary_a: Mapping[str, Any] | None, summary_b: Mapping[str, Any] | None,
+                           key: str) -> np.ndarray | None:
+    """Per-image ``a - b`` of ``key`` over the validation images both evaluations scored, matched
+    by image name; None when either has no per-image rows with that key."""
+    def values(summary):
+        rows = (summary or {}).get("per_image") or []
+        found = {row["name"]: row[key] for row in rows if key in row and row[key] is not None}
+        return found or None
+
+    a, b = values(summary_a), values(summary_b)
+    if a is None or b is None:
+        return None
+    names = [name for name in a if name in b]
+    return np.array([float(a[name]) - float(b[name]) for name in names], dtype=float)
+
+
+def level_comparisons(table: pd.DataFrame, metrics: Mapping[str, str],
+                      summaries: Mapping[str, Mapping[str, Any] | None] | None = None,
+                      method: str = "components", reference: str = "none", n_resamples: int = 10000,
+                      alpha: float = 0.05) -> list[LevelComparison]:
+    """Every augmentation level against ``reference`` at each train fraction, per setting and metric.
+
+    Parameters
+    ----------
+    table : runs or study table (evaluated rows are used); needs Dataset, Train fraction,
+        Augmentation and Seed columns
+    metrics : short key (``pixel_f1``, ``membrane_f1``, ``dsb_map``, ...) -> column of ``table``
+    summaries : run id -> stored evaluation summary; their ``per_image`` rows give the
+        bootstrap interval (pixel F1, DSB mAP); without them the interval is the paired t one
+    method : post-processing method of the per-image DSB mAP
+    reference : the level every other level is compared with
+
+    Returns
+    -------
+    list of LevelComparison
+        One per (dataset, setting, fraction, level, metric) with at least one seed in both
+        cells, in that order, Holm-adjusted within this list (:func:`with_holm`). Runs of
+        different settings (:func:`grid_groups`) are never paired.
+    """
+    from core.stats import paired_bootstrap, paired_comparison
+
+    comparisons: list[LevelComparison] = []
+    if table.empty or not {"Dataset", "Train fraction", "Augmentation", "Seed"} <= set(table.columns):
+        return comparisons
+    for dataset in dict.fromkeys(table["Dataset"]):
+        of_dataset = table[table["Dataset"] == dataset]
+        groups = setting_groups(of_dataset)
+        for setting, rows in groups.items():
+            levels = [level for level in level_order(rows["Augmentation"]) if level != reference]
+            if reference not in set(rows["Augmentation"]):
+                continue
+            for fraction in sorted(set(float(f) for f in rows["Train fraction"])):
+                at = rows[np.isclose(rows["Train fraction"].astype(float), fraction)]
+                for level in levels:
+                    for key, column in metrics.items():
+                        if column not in at.columns:
+                            continue
+                        base = _one_run_per_seed(at[(at["Augmentation"] == reference) & at[column].notna()])
+                        other = _one_run_per_seed(at[(at["Augmentation"] == level) & at[column].notna()])
+                        seeds = tuple(sorted(set(base) & set(other)))
+                        if not seeds:
+                            continue
+                        paired = paired_comparison([float(other[s][column]) for s in seeds],
+                                                   [float(base[s][column]) for s in seeds], alpha=alpha)
+                        interval, n_images = None, None
+                        image_key = per_image_key(key, method)
+                        if summaries is not None and image_key is not None:
+                            differences = [_per_image_differences(summaries.get(other[s]["Run"]),
+                                                                  summaries.get(base[s]["Run"]), image_key)
+                                           for s in seeds]
+                            if all(d is not None and d.size for d in differences):
+                                interval = paired_bootstrap(differences, n_resamples=n_resamples)
+                                counts = {d.size for d in differences}
+                                n_images = counts.pop() if len(counts) == 1 else None
+                        comparisons.append(LevelComparison(
+                            dataset=str(dataset), setting=setting, fraction=fraction, level=level,
+                            reference=reference, metric_key=key, metric=column, seeds=seeds,
+                            runs=tuple((str(other[s]["Run"]), str(base[s]["Run"])) for s in seeds),
+                            paired=paired, interval=interval, n_images=n_images, show_setting=len(groups) > 1))
+    return with_holm(comparisons)
+
+
+def with_holm(comparisons: Sequence[LevelComparison]) -> list[LevelComparison]:
+    """Set each comparison's ``p_holm``: Holm-Bonferroni over the paired t p-values of all of
+    them (comparisons without a test do not count in the family)."""
+    from core.stats import holm
+
+    comparisons = list(comparisons)
+    adjusted = holm([c.paired.p_t for c in comparisons]) if comparisons else []
+    for comparison, p in zip(comparisons, adjusted):
+        comparison.p_holm = float(p)
+    return comparisons
+
+
+def format_interval(low: float, high: float, digits: int = 3) -> str:
+    """``[-0.052, -0.012]``; ``-`` when either end is missing."""
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return "-"
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def comparisons_table(comparisons: Sequence[LevelComparison]) -> pd.DataFrame:
+    """One row per comparison, every number named; p-values as numbers (NaN: no test)."""
+    nan = float("nan")
+    rows = []
+    for c in comparisons:
+        p, interval = c.paired, c.interval
+        rows.append({
+            "Dataset": c.dataset, SETTING_COLUMN: c.setting, "Train fraction": c.fraction,
+            "Comparison": f"{c.level} − {c.reference}", "Metric": c.metric,
+            "Seeds (pairs)": p.n, "Validation images per seed": nan if c.n_images is None else c.n_images,
+            "Mean difference over seeds": p.difference,
+            f"t {p.confidence:.0%} interval (seeds)": format_interval(p.ci_low, p.ci_high),
+            "Mean per-image difference": nan if interval is None else interval.estimate,
+            f"Bootstrap {p.confidence:.0%} interval (seeds x images)":
+                "-" if interval is None else format_interval(interval.low, interval.high),
+            "p (paired t)": nan if p.p_t is None else p.p_t,
+            "p (paired t, Holm)": c.p_holm,
+            "p (Wilcoxon signed-rank)": nan if p.p_wilcoxon is None else p.p_wilcoxon,
+            "Effect size d_z": p.d_z,
+            "Sentence": c.sentence(),
+        })
     return pd.DataFrame(rows)

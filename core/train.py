@@ -3,8 +3,12 @@
 ``train_run(config)`` loads the dataset, splits it, trains for ``config.epochs`` epochs of
 ``config.steps_per_epoch`` steps on random augmented patches, validates on the fixed
 validation part after every epoch, and writes ``last.pt`` (every epoch) and ``best.pt``
-(best validation F1) under ``checkpoints/<run id>/``. Progress and per-epoch metrics go to
-the run registry as they happen, so the app can follow a run from another process.
+(best validation F1) under ``checkpoints/<run id>/``. With
+``config.early_stopping_patience`` P, training stops after the first epoch that ends P
+epochs without an improvement of the validation pixel F1 (``config.epochs`` is then the
+most it trains); the reason is stored with that epoch (``note``) and in the run's progress.
+Progress and per-epoch metrics go to the run registry as they happen, so the app can follow
+a run from another process.
 
 Reproducibility: every source of randomness of epoch ``e`` (patch positions, augmentation,
 torch) is seeded from ``(config.seed, e)``. A run resumed from ``last.pt`` after epoch
@@ -33,7 +37,7 @@ from core.errors import RunError
 from core.model import UNet
 from core.inference import LoadedModel, memory_format as model_memory_format, predict_image, resolve_device, resolve_precision
 from core.predict import autocast_context
-from core.runs import Registry, failure_cause
+from core.runs import Registry, check_run_id, failure_cause
 
 
 @dataclass
@@ -50,12 +54,21 @@ class TrainResult:
     seconds: float
     checkpoint_dir: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: Why training stopped before ``config.epochs`` (early stopping), e.g. "stopped early at
+    #: epoch 14: no improvement of the validation pixel F1 for 5 epochs (best epoch 9)"; None otherwise.
+    stop_reason: str | None = None
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stop_reason is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "status": self.status,
             "epochs_done": self.epochs_done,
+            "stopped_early": self.stopped_early,
+            "stop_reason": self.stop_reason,
             "best_epoch": self.best_epoch,
             "best_validation_f1": self.best_validation_f1,
             "validation": self.final_metrics,
@@ -203,6 +216,44 @@ def validate(
     }
 
 
+# ---- early stopping --------------------------------------------------------------------
+
+
+def early_stopping(epochs: list[dict[str, Any]], patience: int | None) -> tuple[int | None, str | None]:
+    """The best epoch so far and, when training should stop now, why.
+
+    Parameters
+    ----------
+    epochs : the run's stored per-epoch metrics (``Registry.epochs``: epoch 0 is the untrained
+        model and is not a candidate), in epoch order
+    patience : ``config.early_stopping_patience``; None never stops early
+
+    Returns
+    -------
+    (best epoch, reason)
+        The best epoch is the first with the highest validation pixel F1 (``val_f1``), as
+        ``best.pt`` is chosen (a later equal F1 is no improvement). ``reason`` is a sentence
+        when the last stored epoch is ``patience`` or more epochs after the best one, else None.
+        Derived from the stored metrics alone, so a resumed run (which reloads them) decides
+        exactly as an uninterrupted one.
+    """
+    best_epoch, best_f1, last = None, -1.0, 0
+    for row in epochs:
+        if row["epoch"] < 1:
+            continue
+        last = row["epoch"]
+        f1 = row.get("val_f1")
+        if f1 is not None and f1 > best_f1:
+            best_f1, best_epoch = f1, row["epoch"]
+    if patience is None or last == 0:
+        return best_epoch, None
+    since = last - (best_epoch or 0)
+    if since < patience:
+        return best_epoch, None
+    return best_epoch, (f"stopped early at epoch {last}: no improvement of the validation pixel F1 for "
+                        f"{since} epoch{'' if since == 1 else 's'} (best epoch {best_epoch}, patience {patience})")
+
+
 # ---- stopping on request ---------------------------------------------------------------
 
 
@@ -253,6 +304,7 @@ def train_run(
             raise RunError("train_run needs a config or a run id")
         run_id = registry.create_run(config, status="running")  # owned by this process
     else:
+        check_run_id(run_id)  # before anything is claimed, built or written under the id
         config = registry.claim(run_id, from_worker=from_worker).config
 
     stop = stop or StopRequest()
@@ -443,7 +495,10 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
     history: list[dict[str, Any]] = []
     status = "finished"
     epoch = progress.start_epoch - 1
-    for epoch in range(progress.start_epoch, config.epochs + 1):
+    stored = registry.epochs(run_id)  # what early stopping decides on (reloaded on resume)
+    stop_reason = early_stopping(stored, config.early_stopping_patience)[1] if 1 <= epoch < config.epochs else None
+    first_epoch = config.epochs + 1 if stop_reason else progress.start_epoch  # stopped before it was interrupted
+    for epoch in range(first_epoch, config.epochs + 1):
         epoch_started = time.time()
         train_loss = train_one_epoch(trainer, data, config, epoch, stop, report, show_progress)
         if train_loss is None:  # stopped mid-epoch: last.pt still holds the previous whole epoch
@@ -463,17 +518,33 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
         improved = metrics["val_f1"] > progress.best_f1
         if improved:
             progress.best_f1, progress.best_epoch = metrics["val_f1"], epoch
+        if epoch < config.epochs:  # stopping at the last epoch is no early stop
+            stop_reason = early_stopping([*stored, {"epoch": epoch, **metrics}], config.early_stopping_patience)[1]
+        if stop_reason:
+            metrics["note"] = stop_reason
         save_epoch(trainer, data, config, epoch, metrics, progress, checkpoint_dir, improved)
         registry.add_epoch(run_id, epoch, metrics)
+        stored.append({"epoch": epoch, **metrics})
         history.append({"epoch": epoch, **metrics})
         if show_progress:
             tqdm.write(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}  val loss {metrics['val_loss']:.4f}"
                        f"  val F1 {metrics['val_f1']:.4f}  ({metrics['epoch_seconds']:.1f} s)")
+            if stop_reason:
+                tqdm.write(stop_reason)
+        if stop_reason:
+            break
         if stop.requested:
             status = "cancelled"
             break
+    if stop_reason:
+        epoch = stored[-1]["epoch"]
+        registry.update_progress(run_id, epoch=epoch, epochs=config.epochs, step=config.steps_per_epoch,
+                                 steps_per_epoch=config.steps_per_epoch, eta_seconds=0.0,
+                                 elapsed_seconds=time.time() - started, phase="stopped early",
+                                 stop_reason=stop_reason, stopped_at_epoch=epoch, best_epoch=progress.best_epoch)
 
-    final = registry.epochs(run_id)[-1] if epoch >= 1 else {}
+    stored = registry.epochs(run_id)
+    final = stored[-1] if epoch >= 1 and stored else {}
     return TrainResult(
         run_id=run_id,
         status=status,
@@ -485,4 +556,5 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
         seconds=time.time() - started,
         checkpoint_dir=str(checkpoint_dir),
         history=history,
+        stop_reason=stop_reason,
     )

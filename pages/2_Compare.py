@@ -1,4 +1,5 @@
-"""Compare: the runs table, the training-fraction x augmentation grid, training curves, CSV."""
+"""Compare: the runs table, the training-fraction x augmentation grid of one setting, paired
+comparisons of each level against none, the paper's Table 1 beside ours, training curves, CSV."""
 
 from __future__ import annotations
 
@@ -8,24 +9,66 @@ from app_shared import stored_summary
 from core.errors import UNetLabError
 from core.figures import grid_heatmap, training_curves_figure
 from core.postprocess import METHODS
+from core.report import is_membrane_dataset, paper_comparison
 from core.runs import STATUSES, Registry
-from core.tables import (NEGATIVE_CLASS_F1_HELP, comparable_metrics, evaluated_rows, grid_summary,
-                         read_results_table, run_labels, runs_table, saved_results_tables)
+from core.tables import (NEGATIVE_CLASS_F1_HELP, comparable_metrics, comparisons_table, evaluated_rows, grid_summary,
+                         headline_metrics, level_comparisons, read_results_table, run_labels, runs_table,
+                         saved_results_tables, setting_groups, variation_text)
+
+#: The setting choice that shows every setting of the selection, each in its own rows.
+ALL_APART = "every setting, each in its own rows"
 
 
-def show_grid(evaluated, caption_source: str) -> None:
-    """The train-fraction x augmentation heatmap of one dataset and one metric."""
+def show_grid(evaluated, caption_source: str, summaries=None, method: str = "components") -> None:
+    """The train-fraction x augmentation heatmap of one dataset, one setting and one metric; then
+    each level against none paired by seed, and the paper's Table 1 beside ours."""
     grid_columns = st.columns(2)
     grid_dataset = grid_columns[0].selectbox("Dataset", sorted(set(evaluated["Dataset"])), key="grid_dataset")
     metrics = comparable_metrics(evaluated)
     default_metric = next((m for m in metrics if m.startswith("Pixel F1 (Dice)")), metrics[0])
     metric = grid_columns[1].selectbox("Metric", metrics, index=metrics.index(default_metric), key="grid_metric")
     subset = evaluated[evaluated["Dataset"] == grid_dataset]
-    summary = grid_summary(subset, metric)
+    groups = setting_groups(subset)
+    varies = variation_text(subset)
+    if len(groups) > 1:
+        st.caption(f"The runs of {grid_dataset} shown hold {len(groups)} settings ({varies}); runs of different "
+                   "settings are never averaged together: choose one, or show each in its own rows.")
+        setting = st.selectbox("Setting", [*groups, ALL_APART], key="grid_setting",
+                               format_func=lambda label: label if label == ALL_APART
+                               else f"{label} ({len(groups[label])} runs)")
+        rows = subset if setting == ALL_APART else groups[setting]
+    else:
+        setting = next(iter(groups))
+        rows = subset
+    summary = grid_summary(rows, metric)
     st.plotly_chart(grid_heatmap(summary, title=f"{metric} on {grid_dataset}: mean ± sd over seeds"),
                     key="grid_heatmap")
-    st.caption(f"Each cell: mean ± sample standard deviation over the seeds of that setting, and n, the number "
-               f"of evaluated runs ({len(subset)} in all, validation parts; {caption_source}).")
+    st.caption(f"Setting: {setting}. Each cell: mean ± sample standard deviation over the seeds of one setting, "
+               f"and n, the number of evaluated runs ({len(rows)} here, validation parts; {caption_source}). "
+               + (varies.capitalize() + " in this selection." if varies else "One setting: only the seed differs "
+                  "between the runs of a cell."))
+
+    comparisons = level_comparisons(rows, headline_metrics(rows, method, membrane=is_membrane_dataset(grid_dataset)),
+                                    summaries, method=method)
+    if comparisons:
+        st.subheader("Each level against none, paired by seed")
+        st.dataframe(comparisons_table(comparisons), hide_index=True, width="stretch",
+                     column_config={"Train fraction": st.column_config.NumberColumn(format="percent")})
+        st.markdown("\n".join(f"- {comparison.sentence()}" for comparison in comparisons))
+        st.caption("Runs with the same seed share the split and the initial weights, so each level is compared "
+                   "with none seed by seed: paired t-test (Wilcoxon signed-rank where 5 or more seeds differ), "
+                   "Holm-adjusted over the comparisons shown, effect size d_z; the bootstrap interval resamples "
+                   "seeds, then validation images (per-image scores stored with each evaluation). 'Not "
+                   "distinguishable' is about these seeds, not a proof that the levels are equal.")
+    paper = paper_comparison(rows, grid_dataset, method)
+    if not paper.empty:
+        st.subheader("The paper's Table 1 beside ours")
+        st.dataframe(paper, hide_index=True, width="stretch",
+                     column_config={"Train fraction": st.column_config.NumberColumn(format="percent")})
+        st.caption("Both mAPs are the paper's eq. (4)-(5): TP/(TP+FP) with a match at IoU >= r, mean over "
+                   "r = 0.50, 0.55, ..., 1.00 (the Kaggle DSB mAP, IoU > t over 0.50..0.95, is another column of "
+                   "the runs table); F1 is our pixel F1 (Dice) at threshold 0.5. The paper trained on all its "
+                   "images (its training column); ours are the runs of this setting.")
 
 
 def column_config(table) -> dict:
@@ -103,7 +146,7 @@ evaluated = evaluated_rows(table)
 if evaluated.empty:
     st.info("No evaluated runs among those shown yet.")
 else:
-    show_grid(evaluated, f"post-processing {method} for instance scores")
+    show_grid(evaluated, f"post-processing {method} for instance scores", summaries, method)
 
 # ---- training curves ------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from core import figures
 from core.metrics import METRIC_NAMES, PixelCurveAccumulator
@@ -85,3 +86,34 @@ def test_the_report_colours_levels_from_the_palette():
             for fraction, level, value in ((0.1, "none", 0.5), (0.5, "none", 0.6), (0.1, "heavy", 0.55))]
     figure = fraction_lines_figure(pd.DataFrame(rows), "d", {"f1": "F1"})
     assert {trace.name: trace.line.color for trace in figure.data} == dict(zip(["none", "heavy"], figures.palette(2)))
+
+
+def test_grid_heatmap_gives_each_setting_its_own_rows():
+    table = pd.DataFrame([("none", 0.1, 0.5, "75 steps"), ("none", 0.1, 0.9, "150 steps"), ("heavy", 0.1, 0.4, "75 steps")],
+                         columns=["Augmentation", "Train fraction", "F1", "Setting"])
+    figure = figures.grid_heatmap(grid_summary(table, "F1"))
+    assert list(figure.data[0].y) == ["none | 75 steps", "heavy | 75 steps", "none | 150 steps"]
+    assert [row[0] for row in figure.data[0].text] == ["0.500<br>n = 1", "0.400<br>n = 1", "0.900<br>n = 1"]
+
+
+def test_learning_curve_figure_shows_means_over_seeds_and_the_fit():
+    from core.stats import fit_learning_curve
+
+    rng = np.random.default_rng(0)
+    sizes = np.repeat([3, 6, 12, 24], 3)
+    seeds = np.tile([0, 1, 2], 4)
+    scores = 0.9 - 0.5 * sizes ** -0.7 + rng.normal(0, 0.005, sizes.size)
+    points = pd.DataFrame({"n": sizes.astype(float), "score": scores, "seed": seeds})
+    curve = fit_learning_curve(sizes, scores, seeds, ceiling=1.0, n_resamples=200)
+    figure = figures.learning_curve_figure({"pixel F1": {"none": (points, curve)}}, title="t")
+    markers = figure.data[0]
+    assert list(markers.x) == [3, 6, 12, 24]
+    assert markers.y[0] == pytest.approx(scores[:3].mean())
+    means = figures.seed_means(points)
+    from scipy.stats import t
+
+    half = t.ppf(0.975, 2) * scores[:3].std(ddof=1) / np.sqrt(3)
+    assert means.loc[0, "high"] - means.loc[0, "mean"] == pytest.approx(half)
+    fit = figure.data[1]
+    assert fit.mode == "lines" and fit.y[0] == pytest.approx(curve.predict(3))
+    assert figure.layout.xaxis.type == "log"

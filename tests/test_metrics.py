@@ -299,9 +299,61 @@ def test_acceptance_case():
     assert scores.ap50 == pytest.approx(0.5)
     assert scores.precision50 == scores.recall50 == scores.f1_50 == pytest.approx(2 / 3)
     assert scores.mean_matched_iou == pytest.approx((1 + 16 / 24) / 2)
-    # Paper: TP/(TP+FP) = 2/3 for t <= 0.65, 1/3 for 0.70..0.95, 0 at t = 1.00 (IoU > 1 never holds).
-    np.testing.assert_allclose(scores.paper_per_threshold, [2 / 3] * 4 + [1 / 3] * 6 + [0.0])
-    assert scores.paper_map == pytest.approx(14 / 33)
+    # Paper: a match at IoU >= r. TP/(TP+FP) = 2/3 for r <= 0.65 (A at IoU 1, B at 2/3), then 1/3 for
+    # 0.70..1.00: A is pixel-perfect, so it counts at r = 1.00 too. (8/3 + 7/3) / 11 = 5/11.
+    np.testing.assert_allclose(scores.paper_per_threshold, [2 / 3] * 4 + [1 / 3] * 7)
+    assert scores.paper_map == pytest.approx(5 / 11)
+
+
+def test_paper_map_counts_a_match_at_iou_equal_to_the_threshold():
+    # One truth object of 12 pixels inside a predicted object of 12 + k: IoU = 12 / (12 + k) exactly.
+    truth = np.zeros(16, np.int32)
+    truth[:12] = 1
+    prediction = np.zeros(16, np.int32)
+    prediction[:15] = 5  # IoU 12/15 = 0.80 exactly
+    scores = instance_scores(truth, prediction)
+    # Paper (IoU >= r): matched for r = 0.50 .. 0.80 (7 thresholds), not 0.85 .. 1.00 (4): 7/11.
+    np.testing.assert_array_equal(scores.paper_per_threshold, [1.0] * 7 + [0.0] * 4)
+    assert scores.paper_map == pytest.approx(7 / 11)
+    # DSB (IoU > t): matched for t = 0.50 .. 0.75 only (6 of 10): at t = 0.80 the IoU is not above it.
+    np.testing.assert_array_equal(scores.dsb_per_threshold, [1.0] * 6 + [0.0] * 4)
+    assert scores.dsb_map == pytest.approx(0.6)
+
+
+def test_paper_map_at_iou_exactly_one_scores_every_threshold():
+    truth = np.zeros((8, 8), np.int32)
+    truth[2:5, 2:6], truth[6:8, 0:3] = 3, 9
+    prediction = np.where(truth == 3, 40, np.where(truth == 9, 2, 0))  # the same objects, other ids
+    scores = instance_scores(truth, prediction)
+    np.testing.assert_array_equal(scores.paper_per_threshold, np.ones(11))  # r = 1.00 counts too
+    assert scores.paper_map == 1.0 and scores.dsb_map == 1.0
+    one_pixel_off = prediction.copy()
+    one_pixel_off[2, 2] = 0  # object 3: IoU 11/12 < 1
+    scores = instance_scores(truth, one_pixel_off)
+    # r = 1.00: 1 of 2 predicted objects is pixel-perfect; 11/12 = 0.9167 >= 0.90 but < 0.95.
+    np.testing.assert_allclose(scores.paper_per_threshold, [1.0] * 9 + [0.5, 0.5])
+
+
+def test_paper_map_counts_a_match_at_iou_exactly_one_half_once():
+    truth = np.ones((10, 20), np.int32)
+    halves = np.zeros_like(truth)
+    halves[:, :10], halves[:, 10:] = 1, 2  # each half has IoU exactly 0.5 with the one truth object
+    scores = instance_scores(truth, halves)
+    # r = 0.50: one match (one truth object), TP/(TP+FP) = 1/2; nothing above 0.5. DSB: no match.
+    np.testing.assert_array_equal(scores.paper_per_threshold, [0.5] + [0.0] * 10)
+    assert scores.half_matches == 1 and scores.dsb_map == 0.0 and scores.tp50 == 0
+    # Two truth objects, each exactly half of one predicted object: one match at r = 0.50.
+    two = np.zeros_like(truth)
+    two[:, :10], two[:, 10:] = 4, 8
+    merged = instance_scores(two, np.ones_like(truth))
+    assert merged.half_matches == 1 and merged.paper_per_threshold[0] == 1.0  # 1 TP of 1 predicted
+    # Two separate exact halves (two truth objects, two predictions, each pair at IoU 0.5): two matches.
+    truth_pair = np.zeros((10, 40), np.int32)
+    truth_pair[:, :20], truth_pair[:, 20:] = 1, 2
+    predicted_pair = np.zeros_like(truth_pair)
+    predicted_pair[:, :10], predicted_pair[:, 20:30] = 5, 6
+    scores = instance_scores(truth_pair, predicted_pair)
+    assert scores.half_matches == 2 and scores.paper_per_threshold[0] == 1.0
 
 
 def test_thresholds_are_exact_decimals():
@@ -389,11 +441,12 @@ def slow_instance_scores(truth, prediction):
     iou = slow_iou_matrix(truth, prediction)
     n_truth, n_predicted = iou.shape
 
-    def true_positives(threshold):
+    def true_positives(threshold, at_or_above=False):
         used_rows, used_columns, tp = set(), set(), 0
         for flat in np.argsort(-iou, axis=None):
             row, column = divmod(int(flat), n_predicted)
-            if iou[row, column] > threshold and row not in used_rows and column not in used_columns:
+            hit = iou[row, column] >= threshold if at_or_above else iou[row, column] > threshold
+            if hit and row not in used_rows and column not in used_columns:
                 used_rows.add(row), used_columns.add(column)
                 tp += 1
         return tp
@@ -402,7 +455,7 @@ def slow_instance_scores(truth, prediction):
         return numerator / denominator if denominator else float(n_truth == n_predicted == 0)
 
     dsb = [ratio(tp, n_truth + n_predicted - tp) for tp in map(true_positives, DSB_THRESHOLDS)]
-    paper = [ratio(tp, n_predicted) for tp in map(true_positives, PAPER_THRESHOLDS)]
+    paper = [ratio(true_positives(t, at_or_above=True), n_predicted) for t in PAPER_THRESHOLDS]
     matched = [iou[r, c] for r in range(n_truth) for c in range(n_predicted) if iou[r, c] > 0.5]
     return np.mean(dsb), np.mean(paper), true_positives(0.5), matched
 

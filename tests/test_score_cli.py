@@ -59,7 +59,9 @@ def test_acceptance_case_through_python_dash_m(tmp_path):
     assert scores[METRIC_NAMES["f1_50"]] == pytest.approx(2 / 3)
     assert (scores[METRIC_NAMES["tp50"]], scores[METRIC_NAMES["fp50"]], scores[METRIC_NAMES["fn50"]]) == (2, 1, 1)
     assert scores["counts"] == {"tp": 2, "fp": 1, "fn": 1}
-    assert scores[METRIC_NAMES["paper_map"]] == pytest.approx(14 / 33)
+    # Paper mAP, IoU >= r over r = 0.50..1.00: 2/3 for r <= 0.65 (4 values), 1/3 for r = 0.70..1.00 (7 values;
+    # object A is pixel-perfect, so it counts at r = 1.00): (4 * 2/3 + 7 * 1/3) / 11 = 5/11.
+    assert scores[METRIC_NAMES["paper_map"]] == pytest.approx(5 / 11)
     assert scores[METRIC_NAMES["mean_matched_iou"]] == pytest.approx((1 + 16 / 24) / 2)
     # Pixels: truth > 0 vs prediction > 0 -> 720 shared pixels of 1200 each.
     assert scores[METRIC_NAMES["pixel_f1"]] == pytest.approx(0.6)

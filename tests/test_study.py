@@ -20,13 +20,13 @@ from core.config import ConfigError, RunConfig
 from core.errors import UNetLabError
 from core.metrics import METRIC_NAMES
 from core.paths import PROJECT_ROOT
-from core.report import NOT_AVAILABLE, PAPER_TABLE1, augmentation_effects, grid_rows, grid_table, is_membrane_dataset, table1
+from core.report import NOT_AVAILABLE, PAPER_TABLE1, grid_rows, grid_table, is_membrane_dataset, table1
 from core.runs import Registry, process_alive
 from core.stats import CellStats, format_cell, within_seed_noise
 from core.study import (
     PAPER_EPOCHS_GUESS, RunState, StudyDefinition, StudyGrid, check_study_name, configs_for_grid, decide_action,
     estimate_eta, grid_configs, load_study, parse_augmentations, parse_fractions, parse_roots, parse_seeds,
-    plan_study, preset_settings, run_identity, save_study, study_names, validate_grid,
+    parse_budgets, plan_study, preset_settings, run_identity, save_study, study_names, validate_grid,
 )
 
 TINY = ["--epochs", "1", "--batch-size", "2", "--patch-size", "64", "--width", "8", "--depth", "3",
@@ -73,6 +73,27 @@ def test_presets_map_each_dataset_and_yield_to_overrides():
         preset_settings("fast", "isbi2012")
     with pytest.raises(UNetLabError, match="train_fraction"):
         grid_configs(StudyGrid(datasets=["synthetic-nuclei"], overrides={"train_fraction": 0.5}), "s")
+
+
+def test_budgets_are_a_grid_axis_that_sets_each_runs_epochs():
+    grid = StudyGrid(datasets=["synthetic-nuclei"], fractions=[0.5], augmentations=["none", "heavy"], seeds=[0],
+                     budgets=[50, 150], overrides={"steps_per_epoch": 25, "early_stopping_patience": 3})
+    configs = grid_configs(grid, "b")
+    assert [(c.epochs, c.augmentation) for c in configs] == [(2, "none"), (2, "heavy"), (6, "none"), (6, "heavy")]
+    assert all(c.steps_per_epoch == 25 and c.early_stopping_patience == 3 for c in configs)
+    assert len({run_identity(c) for c in configs}) == 4
+    assert parse_budgets("300, 900,300") == [300, 900]
+    for text, message in (("x", "not a whole number"), ("0", "at least 1"), ("", "at least one value")):
+        with pytest.raises(UNetLabError, match=message):
+            parse_budgets(text)
+    with pytest.raises(UNetLabError, match="multiple of 25"):
+        grid_configs(StudyGrid(datasets=["synthetic-nuclei"], budgets=[40], overrides={"steps_per_epoch": 25}), "b")
+    with pytest.raises(UNetLabError, match="leave out --epochs"):
+        grid_configs(StudyGrid(datasets=["synthetic-nuclei"], budgets=[50], overrides={"epochs": 3}), "b")
+    # A definition stored before budgets existed still loads, with no budget axis.
+    stored = StudyDefinition(name="old", grids=[StudyGrid(datasets=["synthetic-nuclei"])]).to_dict()
+    del stored["grids"][0]["budgets"]
+    assert StudyDefinition.from_dict(stored).grids[0].budgets == []
 
 
 def test_parsers_refuse_bad_input_clearly():
@@ -186,28 +207,65 @@ def test_grid_table_marks_best_cell_and_noise():
     assert grid.cells[("none", 0.5)].mean == pytest.approx(0.81)
     assert grid.verdicts[("none", 0.5)].within is True
     assert grid.verdicts[("heavy", 0.1)].within is False
+    # Every cell has seeds 0 and 1: the verdicts are paired t-tests over them, not Welch's.
+    from scipy.stats import ttest_ind, ttest_rel
+
+    assert grid.tests[("heavy", 0.1)] == "paired t"
+    assert grid.verdicts[("heavy", 0.1)].p_value == pytest.approx(ttest_rel([0.78, 0.86], [0.20, 0.21]).pvalue)
     header, text_rows, notes = grid_rows(grid)
     assert header == ["augmentation \\ train fraction", "10%", "50%"]
     assert text_rows[1][2] == "**0.8200 ± 0.0566 (n=2) best**"
     assert text_rows[0][2] == "0.8100 ± 0.0141 (n=2) ≈"
     assert text_rows[1][1] == "0.2050 ± 0.0071 (n=2)"
-    assert "Welch" in notes[0] and "heavy 10%" in notes[0]
+    assert "paired t-test" in notes[0] and "heavy 10% (paired t)" in notes[0]
     assert format_cell(CellStats((0.25,))) == "0.2500 (n=1)" and format_cell(None) == "no runs"
+    # Cells that share fewer than two seeds fall back to Welch's t-test.
+    unpaired = table.assign(Seed=[0, 1, 2, 3, 4, 5, 6, 7])
+    grid = grid_table(unpaired, "d", metric)
+    assert set(grid.tests.values()) == {"Welch"}
+    assert grid.verdicts[("heavy", 0.1)].p_value == pytest.approx(
+        ttest_ind([0.78, 0.86], [0.20, 0.21], equal_var=False).pvalue)
 
 
-def test_augmentation_effects_compare_each_level_with_none_at_the_same_fraction():
-    from scipy.stats import ttest_ind
+def test_level_comparisons_pair_runs_by_seed_with_bootstrap_and_holm():
+    from scipy.stats import ttest_rel
 
-    metric = METRIC_NAMES["ap50"]
-    rows = [("none", 0.1, 0.50), ("none", 0.1, 0.54), ("heavy", 0.1, 0.40), ("heavy", 0.1, 0.41),
-            ("light", 0.1, 0.60), ("none", 0.8, 0.70), ("none", 0.8, 0.72)]
-    table = pd.DataFrame([{"Dataset": "d", "Augmentation": a, "Train fraction": f, "Seed": i, metric: v}
-                          for i, (a, f, v) in enumerate(rows)])
-    header, lines = augmentation_effects(table, "d", [metric])
-    assert header == ["level vs none", "train fraction", metric]
-    p_value = ttest_ind([0.40, 0.41], [0.50, 0.54], equal_var=False).pvalue
-    # light first (the levels' order), with a single seed: a difference but no p; 80% has no other level.
-    assert lines == [["light − none", "10%", "+0.0800"], ["heavy − none", "10%", f"-0.1150 (p = {p_value:.2f})"]]
+    from core.stats import holm, paired_bootstrap
+    from core.tables import comparisons_table, level_comparisons
+
+    f1 = METRIC_NAMES["pixel_f1"]
+    runs = {("none", 0): 0.80, ("none", 1): 0.82, ("none", 2): 0.78,
+            ("heavy", 0): 0.75, ("heavy", 1): 0.80, ("heavy", 2): 0.70, ("light", 0): 0.81}
+    table = pd.DataFrame([{"Run": f"{level}{seed}", "Dataset": "d", "Train fraction": 0.1, "Augmentation": level,
+                           "Seed": seed, f1: value} for (level, seed), value in runs.items()])
+    # Per-image scores: three validation images per seed (the same names for both levels of a seed).
+    images = {("none", 0): [0.8, 0.7, 0.9], ("heavy", 0): [0.7, 0.7, 0.85], ("none", 1): [0.9, 0.8, 0.76],
+              ("heavy", 1): [0.88, 0.75, 0.77], ("none", 2): [0.6, 0.9, 0.84], ("heavy", 2): [0.5, 0.8, 0.8],
+              ("light", 0): [0.8, 0.7, 0.9]}
+    summaries = {f"{level}{seed}": {"per_image": [{"name": f"s{seed}-{k}", "pixel_f1": v} for k, v in enumerate(vals)]}
+                 for (level, seed), vals in images.items()}
+    comparisons = level_comparisons(table, {"pixel_f1": f1}, summaries)
+    assert [(c.level, c.seeds) for c in comparisons] == [("light", (0,)), ("heavy", (0, 1, 2))]
+    light, heavy = comparisons
+    assert light.paired.p_t is None and "no test possible" in light.sentence()  # one seed: no test
+    heavy_values, none_values = [0.75, 0.80, 0.70], [0.80, 0.82, 0.78]
+    assert heavy.paired.difference == pytest.approx(np.mean(np.subtract(heavy_values, none_values)))
+    assert heavy.paired.p_t == pytest.approx(ttest_rel(heavy_values, none_values).pvalue)
+    expected = paired_bootstrap([np.subtract(images[("heavy", s)], images[("none", s)]) for s in (0, 1, 2)])
+    assert (heavy.interval.low, heavy.interval.high) == pytest.approx((expected.low, expected.high))
+    assert heavy.n_images == 3
+    assert heavy.p_holm == pytest.approx(holm([None, heavy.paired.p_t])[1])  # one tested comparison: unchanged
+    sentence = heavy.sentence()
+    assert sentence.startswith("pixel F1, d: heavy minus none at 10%: ")
+    assert f"[{expected.low:.3f}, {expected.high:.3f}]" in sentence and "3 seeds x 3 images" in sentence
+    assert "Holm" in sentence
+    frame = comparisons_table(comparisons)
+    assert list(frame["Comparison"]) == ["light − none", "heavy − none"]
+    assert frame.loc[1, "p (paired t)"] == pytest.approx(heavy.paired.p_t)
+    assert frame.loc[1, "Effect size d_z"] == pytest.approx(heavy.paired.d_z)
+    # Without per-image scores the interval is the paired t one over seeds.
+    bare = level_comparisons(table, {"pixel_f1": f1})[1]
+    assert bare.interval is None and "(t 95%)" in bare.sentence()
 
 
 def test_noise_note_names_the_single_seed_best_cell_not_the_others():
@@ -219,19 +277,38 @@ def test_noise_note_names_the_single_seed_best_cell_not_the_others():
     assert "the best cell has fewer than 2 seeds" in notes[0] and "none 10%" not in notes[0]
 
 
-def test_table1_prints_no_invented_paper_figures():
-    assert all(value is None for figures in PAPER_TABLE1.values() for value in figures.values())
+def test_paper_table1_holds_the_papers_figures():
+    import csv
+
+    expected = {"dsb2018": (0.47, 0.89, 100, 670), "isbi2012": (0.53, 0.93, 100, 30), "isbi2013": (0.42, 0.97, 20, 100),
+                "ncmir": (0.23, 0.63, 200, 30), "epfl": (0.57, 0.95, 100, 165)}
+    assert {name: (row["mAP"], row["F1"], row["epochs"], row["n_images"]) for name, row in PAPER_TABLE1.items()} \
+        == expected
+    source = PROJECT_ROOT.parent / "shared" / "paper" / "table1.csv"
+    if source.is_file():  # the project's copy of the paper's table, where present
+        for row in csv.DictReader(source.open()):
+            ours = PAPER_TABLE1[row["dataset"]]
+            assert (ours["name"], ours["mAP"], ours["F1"], ours["epochs"], ours["image_size"], ours["n_images"]) == (
+                row["paper_name"], float(row["paper_map"]), float(row["paper_f1"]), int(row["paper_epochs"]),
+                row["paper_image_size"], int(row["paper_n_images"]))
+
+
+def test_table1_puts_the_papers_figures_beside_ours():
     f1 = METRIC_NAMES["pixel_f1"]
     pmap, dmap = f"{METRIC_NAMES['paper_map']} [components]", f"{METRIC_NAMES['dsb_map']} [components]"
-    table = pd.DataFrame([{"Dataset": "isbi2012", "Train fraction": 0.1, "Augmentation": "none", f1: 0.9, pmap: 0.3,
+    table = pd.DataFrame([{"Dataset": d, "Train fraction": 0.1, "Augmentation": "none", f1: 0.9, pmap: 0.3,
                            dmap: 0.2, "AP@0.5, TP/(TP+FP+FN) [components]": 0.4,
-                           METRIC_NAMES["roc_auc"]: 0.95, METRIC_NAMES["average_precision"]: 0.9}])
-    header, rows, notes = table1(table, ["isbi2012"], 0.1, "none", "components")
-    assert header == ["metric", "isbi2012"]
-    assert rows[1] == ["mAP (the paper's Table 1)", NOT_AVAILABLE] and rows[3][1] == NOT_AVAILABLE
-    assert rows[0] == [f"mAP (ours): {pmap}", "0.3000 (n=1)"] and rows[2][1] == "0.9000 (n=1)"
-    assert "0.89–0.97" in notes[1] and "F1 0.96 after training on 10% of the images" in notes[1]
-    assert "inside the paper's range: isbi2012" in notes[2]
+                           METRIC_NAMES["roc_auc"]: 0.95, METRIC_NAMES["average_precision"]: 0.9}
+                          for d in ("isbi2012", "synthetic-nuclei")])
+    header, rows, notes = table1(table, ["isbi2012", "synthetic-nuclei"], 0.1, "none", "components")
+    assert header == ["metric", "isbi2012", "synthetic-nuclei"]
+    assert rows[0][0].startswith("our setting")
+    assert rows[1] == [f"mAP (ours): {pmap}", "0.3000 (n=1)", "0.3000 (n=1)"]
+    assert rows[2] == ["mAP (the paper's Table 1, eq. (4)-(5))", "0.53", NOT_AVAILABLE]
+    assert rows[3][1] == "0.9000 (n=1)" and rows[4] == ["F1 (the paper's Table 1)", "0.93", NOT_AVAILABLE]
+    assert rows[-1][1] == "ISBI 2012: 100 epochs, 512x512, 30 images"
+    assert "IoU >= r" in notes[0] and "F1 0.96 after training on 10% of the images" in notes[1]
+    assert "isbi2012 F1 -0.030, mAP -0.230" in notes[2]
 
 
 def test_table1_adds_membrane_f1_for_em_sets_only():
@@ -240,7 +317,7 @@ def test_table1_adds_membrane_f1_for_em_sets_only():
     table = pd.DataFrame([{"Dataset": d, "Train fraction": 0.1, "Augmentation": "none", f1: 0.9, membrane: m, pmap: 0.3}
                           for d, m in [("isbi2012", 0.7), ("isbi2012", 0.8), ("dsb2018", 0.99)]])
     header, rows, notes = table1(table, ["isbi2012", "dsb2018"], 0.1, "none", "components")
-    assert rows[-1] == [f"also ours, EM membrane sets: {membrane} (membrane F1)", "0.7500 ± 0.0707 (n=2)", "-"]
+    assert rows[-2] == [f"also ours, EM membrane sets: {membrane} (membrane F1)", "0.7500 ± 0.0707 (n=2)", "-"]
     assert any("membrane F1 row" in note and "isbi2012" in note for note in notes)
     assert is_membrane_dataset("isbi2013") and not is_membrane_dataset("epfl")
     assert not is_membrane_dataset("no-such-set")
@@ -249,7 +326,7 @@ def test_table1_adds_membrane_f1_for_em_sets_only():
     # A run without the metric (still training, or evaluated before it existed) is not "no runs".
     unscored = pd.concat([table, pd.DataFrame([{"Dataset": "epfl", "Train fraction": 0.1, "Augmentation": "none"}])])
     header, rows, notes = table1(unscored, ["epfl", "isbi2013"], 0.1, "none", "components")
-    assert rows[2][1:] == ["not evaluated", "no runs"]
+    assert rows[3][1:] == ["not evaluated", "no runs"]
 
 
 def test_definitions_are_stored_and_grids_deduplicated(tmp_path):
@@ -441,3 +518,32 @@ def test_cli_refuses_bad_grids_without_queueing(registry, tmp_path):
     result = study_cli("run", "--name", "bad", "--seeds", "0,1")
     assert result.returncode == 2 and "--datasets" in result.stderr
     assert registry.list_runs() == [] and load_study("bad", registry) is None
+
+
+def test_study_options_for_budgets_patience_and_a_csv_file(registry, tmp_path):
+    import argparse
+
+    from core.commands.study import grid_from_args, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["study", "run", "--name", "b", "--datasets", "synthetic-nuclei", "--budgets", "50,100",
+                              "--patience", "3", "--steps-per-epoch", "25", "--fractions", "0.5"])
+    grid = grid_from_args(args)
+    assert grid.budgets == [50, 100] and grid.overrides["early_stopping_patience"] == 3
+    configs = grid_configs(grid, "b")
+    assert sorted({(c.epochs, c.early_stopping_patience) for c in configs}) == [(2, 3), (4, 3)]
+    assert parser.parse_args(["study", "table", "x", "--csv"]).csv == "-"
+    assert parser.parse_args(["study", "table", "x", "--csv", "out.csv"]).csv == "out.csv"
+    assert parser.parse_args(["study", "table", "x"]).csv is None
+
+    run_id = registry.create_run(RunConfig(study="t", epochs=1), status="running")
+    registry.set_status(run_id, "finished")
+    result = study_cli("table", "t", "--csv", str(tmp_path / "t.csv"))
+    assert result.returncode == 0, result.stderr
+    saved = pd.read_csv(tmp_path / "t.csv")
+    assert list(saved["Run"]) == [run_id] and saved.loc[0, "Setting"] == "25 steps (1 epoch x 25)"
+    result = study_cli("run", "--name", "b", "--datasets", "synthetic-nuclei", "--budgets", "40",
+                       "--steps-per-epoch", "25", "--no-wait")
+    assert result.returncode == 2 and "multiple of 25" in result.stderr
+    assert registry.list_runs(study="b") == []

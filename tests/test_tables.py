@@ -193,3 +193,39 @@ def test_read_results_table_accepts_a_study_table_and_names_what_is_wrong():
 ])
 def test_split_label_names_how_the_validation_part_was_cut(summary, label):
     assert tables.split_label(summary) == label
+
+
+# ---- settings, budgets and early stopping in the runs table ----------------------------------
+
+
+def test_runs_table_names_each_runs_setting_budget_and_how_it_stopped():
+    stopped = record("a", epochs=20, steps_per_epoch=25, early_stopping_patience=5)
+    stopped.progress = {"epochs": 20, "stop_reason": "stopped early at epoch 14: no improvement of the validation "
+                                                     "pixel F1 for 5 epochs (best epoch 9, patience 5)"}
+    plain = record("b", epochs=12, steps_per_epoch=25, learning_rate=3e-3)
+    running = record("c", status="running", epochs=12, steps_per_epoch=25, learning_rate=3e-3, seed=1)
+    table = tables.runs_table([stopped, plain, running], {"a": summary(), "b": summary(), "c": None})
+    assert list(table[tables.SETTING_COLUMN]) == [
+        "at most 500 steps (20 epochs x 25), patience 5, learning rate 0.001",
+        "300 steps (12 epochs x 25), learning rate 0.003", "300 steps (12 epochs x 25), learning rate 0.003"]
+    assert list(table[tables.BUDGET_COLUMN]) == [500, 300, 300]
+    assert table.loc[0, tables.STOPPED_COLUMN].startswith("early at epoch 14: no improvement")
+    assert list(table[tables.STOPPED_COLUMN])[1:] == ["after all 12 epochs", ""]
+    assert table.loc[0, "Early stopping patience (0 = off)"] == 5 and table.loc[1, "Early stopping patience (0 = off)"] == 0
+    assert table.loc[1, "Learning rate"] == 3e-3 and table.loc[0, "Split strategy"] == "auto"
+    assert tables.BUDGET_COLUMN not in tables.comparable_metrics(table)
+    assert "Learning rate" not in tables.comparable_metrics(table)
+    view = tables.progress_view("finished", stopped.progress)
+    assert view.text == f"finished: {stopped.progress['stop_reason']} (at most 20)"
+
+
+def test_a_saved_table_keeps_its_settings_apart():
+    f1 = METRIC_NAMES["pixel_f1"]
+    csv = ("Run,Dataset,Train fraction,Augmentation,Seed,Epochs,Steps per epoch,Device,"
+           f"{METRIC_NAMES['roc_auc']},{f1}\n"
+           "r1,d,0.5,none,0,3,25,cpu,0.9,0.70\nr2,d,0.5,none,1,3,25,cuda,0.9,0.72\nr3,d,0.5,none,0,6,25,cpu,0.9,0.90\n")
+    table = tables.read_results_table(csv.encode(), "t.csv")
+    assert list(tables.table_settings(table)) == ["75 steps (3 epochs x 25)"] * 2 + ["150 steps (6 epochs x 25)"]
+    assert tables.variation_text(table) == "varies: epochs (3, 6)"  # the device is bookkeeping
+    grid = tables.grid_summary(table, f1)
+    assert grid.count.iloc[:, 0].tolist() == [2, 1] and grid.mean.iloc[0, 0] == pytest.approx(0.71)

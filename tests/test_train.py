@@ -20,7 +20,7 @@ from core.errors import CheckpointError
 from core.paths import PROJECT_ROOT
 from core.queue import cancel, enqueue, wait_for
 from core.runs import Registry
-from core.train import train_run
+from core.train import StopRequest, train_run
 
 # Small enough for a few seconds per run on two CPU cores.
 TINY = dict(dataset="synthetic-nuclei", train_fraction=0.5, augmentation="light", steps_per_epoch=4,
@@ -150,3 +150,98 @@ def test_parallel_setting_reaches_a_running_worker(tmp_path):
     with pytest.raises(RunError, match="at least 1"):
         set_max_parallel(0, registry)
     assert current_max_parallel(registry, default=1) == 3
+
+
+# ---- early stopping ----------------------------------------------------------------------
+
+
+def test_early_stopping_rule_reads_the_stored_epochs():
+    from core.train import early_stopping
+
+    epochs = [{"epoch": 0, "val_f1": 0.9}] + [{"epoch": e, "val_f1": f} for e, f in
+                                             enumerate([0.5, 0.6, 0.6, 0.55, 0.7, 0.65], start=1)]
+    assert early_stopping(epochs[:4], None) == (2, None)  # no patience: never stops; epoch 0 is no candidate
+    assert early_stopping(epochs[:4], 2) == (2, None)  # epoch 3 only equals the best: 1 epoch without improvement
+    best, reason = early_stopping(epochs[:5], 2)
+    assert best == 2 and reason == ("stopped early at epoch 4: no improvement of the validation pixel F1 for "
+                                    "2 epochs (best epoch 2, patience 2)")
+    assert early_stopping(epochs, 2) == (5, None)  # epoch 5 improved: one epoch since
+    assert early_stopping(epochs[:1], 1) == (None, None)  # only the untrained model
+    assert early_stopping([{"epoch": 1, "val_f1": float("nan")}], 1)[1].startswith("stopped early at epoch 1")
+
+
+class StopAfterEpoch(StopRequest):
+    """Asks the run to stop at the end of ``epoch`` (the loop checks after each step and each epoch)."""
+
+    def __init__(self, epoch: int, steps_per_epoch: int) -> None:
+        self.calls, self.limit = 0, epoch * (steps_per_epoch + 1)
+
+    @property
+    def requested(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.limit
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        pass
+
+
+def scripted_validation(monkeypatch, scores: dict[int, float]) -> None:
+    """Real training, but the validation pixel F1 of epoch e is ``scores[e]`` (read from the run's progress)."""
+    import core.train
+
+    real = core.train.validate
+
+    def validate(*args, **kwargs):
+        metrics = real(*args, **kwargs)
+        (running,) = Registry().list_runs(status="running")
+        return {**metrics, "val_f1": scores[int(running.progress.get("epoch") or 0)]}
+
+    monkeypatch.setattr(core.train, "validate", validate)
+
+
+def test_patience_stops_early_and_a_resumed_run_stops_where_an_uninterrupted_one_does(monkeypatch):
+    scripted_validation(monkeypatch, {0: 0.1, 1: 0.5, 2: 0.6, 3: 0.6, 4: 0.55, 5: 0.9, 6: 0.9, 7: 0.9, 8: 0.9})
+    config = RunConfig(**{**TINY, "epochs": 8, "steps_per_epoch": 2, "early_stopping_patience": 2})
+    registry = Registry()
+    whole = train_run(config, show_progress=False)
+    assert whole.status == "finished" and whole.epochs_done == 4 and whole.best_epoch == 2
+    assert whole.stopped_early and whole.stop_reason.startswith("stopped early at epoch 4: no improvement")
+    assert whole.to_dict()["stop_reason"] == whole.stop_reason
+    stored = registry.epochs(whole.run_id)
+    assert [row["epoch"] for row in stored] == [0, 1, 2, 3, 4] and stored[-1]["note"] == whole.stop_reason
+    record = registry.get_run(whole.run_id)
+    assert record.progress["stop_reason"] == whole.stop_reason and record.progress["stopped_at_epoch"] == 4
+    assert load_checkpoint(record.best_checkpoint)["epoch"] == 2
+
+    interrupted = train_run(config, show_progress=False, stop=StopAfterEpoch(3, config.steps_per_epoch))
+    assert interrupted.status == "cancelled" and interrupted.epochs_done == 3 and not interrupted.stopped_early
+    resumed = train_run(run_id=interrupted.run_id, show_progress=False)
+    assert resumed.status == "finished" and resumed.epochs_done == 4 and resumed.stop_reason == whole.stop_reason
+    again = registry.epochs(resumed.run_id)
+    keys = ("val_f1", "val_loss", "train_loss", "val_tp", "val_fp")
+    assert [[row.get(k) for k in keys] for row in again] == [[row.get(k) for k in keys] for row in stored]
+    first, second = (load_checkpoint(registry.get_run(r).last_checkpoint) for r in (whole.run_id, resumed.run_id))
+    assert all(torch.equal(first["state_dict"][name], second["state_dict"][name]) for name in first["state_dict"])
+
+    # A finished run queued again (as a study does to re-evaluate it) after it stopped early trains no further.
+    registry.set_status(whole.run_id, "queued")
+    finished_again = train_run(run_id=whole.run_id, show_progress=False)
+    assert finished_again.epochs_done == 4 and finished_again.stop_reason == whole.stop_reason
+    assert [row["epoch"] for row in registry.epochs(whole.run_id)] == [0, 1, 2, 3, 4]
+
+
+def test_patience_is_validated_and_reaches_the_config_from_the_cli():
+    from core.commands.train import config_from_args, register
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="early_stopping_patience"):
+        RunConfig(early_stopping_patience=0).validate()
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--patience", "5", "--epochs", "50"])
+    config = config_from_args(args)
+    assert (config.early_stopping_patience, config.epochs) == (5, 50)
+    assert config_from_args(parser.parse_args(["train"])).early_stopping_patience is None

@@ -6,11 +6,15 @@ import argparse
 import shlex
 import sys
 
+from core.commands._executor import add_executor_options, ray_options, run_study_on_ray
 from core.config import LOSSES, PRECISIONS
 
 #: Shared-setting options: (flag, RunConfig field, type, help).
 SHARED_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
-    ("--epochs", "epochs", int, "epochs per run (default preset: 10; paper preset: 50, a guess)"),
+    ("--epochs", "epochs", int, "epochs per run (default preset: 10; paper preset: 50, a guess); with --patience "
+                                "the most a run trains"),
+    ("--patience", "early_stopping_patience", int,
+     "stop a run after N epochs without an improvement of the validation pixel F1 (default: train every epoch)"),
     ("--steps-per-epoch", "steps_per_epoch", int, "optimiser steps per epoch (default 25)"),
     ("--batch-size", "batch_size", int, "patches per step (default 8)"),
     ("--patch-size", "patch_size", int, "training patch side in pixels (default 256)"),
@@ -47,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--datasets", help="comma-separated dataset names, e.g. isbi2012,dsb2018")
     run.add_argument("--roots", help="comma-separated dataset=folder pairs, e.g. isbi2012=../shared/data/isbi2012")
     run.add_argument("--fractions", help="train fractions (default 0.1,0.2,0.5,0.8)")
+    run.add_argument("--budgets", help="training budgets in optimiser steps per run, e.g. 300,900: each sets the "
+                                       "runs' epochs to budget / steps per epoch (a grid axis, like --fractions; "
+                                       "instead of --epochs)")
     run.add_argument("--augmentations", help="augmentation levels (default none,light,heavy)")
     run.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-2 (default 0)")
     run.add_argument("--preset", choices=["default", "paper"],
@@ -61,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--precision", choices=PRECISIONS)
     run.add_argument("--max-parallel", type=int, help="runs trained at once (default: 1 on the CPU, 1 per GPU)")
     run.add_argument("--no-wait", dest="wait", action="store_false", help="queue and return at once")
+    add_executor_options(run)
     run.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
     run.set_defaults(handler=run_study)
 
@@ -73,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     table = commands.add_parser("table", help="the tidy results table: one row per run")
     table.add_argument("name")
-    table.add_argument("--csv", action="store_true", help="print every column as CSV")
+    table.add_argument("--csv", nargs="?", const="-", metavar="FILE",
+                       help="every column as CSV: printed, or written to FILE")
     table.add_argument("--method", default="components", help="post-processing method of the instance scores")
     table.set_defaults(handler=show_table)
 
@@ -88,12 +97,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def grid_from_args(args: argparse.Namespace):
     """The StudyGrid the arguments describe (not yet validated)."""
-    from core.study import StudyGrid, parse_augmentations, parse_fractions, parse_list, parse_roots, parse_seeds
+    from core.study import (StudyGrid, parse_augmentations, parse_budgets, parse_fractions, parse_list, parse_roots,
+                            parse_seeds)
 
     grid = StudyGrid(datasets=parse_list(args.datasets, "--datasets"), roots=parse_roots(args.roots),
                      preset=args.preset or "default")
     if args.fractions:
         grid.fractions = parse_fractions(args.fractions)
+    if args.budgets:
+        grid.budgets = parse_budgets(args.budgets)
     if args.augmentations:
         grid.augmentations = parse_augmentations(args.augmentations)
     if args.seeds:
@@ -119,7 +131,7 @@ def run_study(args: argparse.Namespace) -> int:
     name = check_study_name(args.name)
     registry = Registry()
     definition = load_study(name, registry)
-    grid_options = ("roots", "fractions", "augmentations", "seeds", "preset", "image_size", "loss", "precision",
+    grid_options = ("roots", "fractions", "budgets", "augmentations", "seeds", "preset", "image_size", "loss", "precision",
                     *(dest for _, dest, _, _ in SHARED_OPTIONS))
     if args.datasets:
         grid = validate_grid(grid_from_args(args))
@@ -138,6 +150,8 @@ def run_study(args: argparse.Namespace) -> int:
     plan = plan_study(definition, registry)
     counts = {action: sum(item.action == action for item in plan)
               for action in ("queue", "resume", "evaluate", "wait", "skip")}
+    if ray_options(args) is not None:  # --executor ray: this process trains the plan's runs as Ray tasks
+        return run_study_on_ray(args, name, plan, registry, counts)
     run_ids = launch(plan, registry, max_parallel=args.max_parallel)
     print(f"study {name}: {len(plan)} runs: {counts['queue']} queued, {counts['resume']} resumed, "
           f"{counts['evaluate']} queued to be evaluated, {counts['wait']} already queued or running, "
@@ -221,13 +235,26 @@ def show_table(args: argparse.Namespace) -> int:
     from core.study import study_table
 
     table = study_table(args.name, Registry(), method=args.method)
-    if args.csv:
+    if args.csv == "-":
         sys.stdout.write(table.to_csv(index=False))
+        return 0
+    if args.csv:
+        from pathlib import Path
+
+        from core.errors import UNetLabError
+        from core.fileio import atomic_path
+
+        path = Path(args.csv).expanduser()
+        if not path.parent.is_dir():
+            raise UNetLabError(f"--csv {args.csv}: no such folder {path.parent}")
+        with atomic_path(path) as temporary:
+            table.to_csv(temporary, index=False)
+        print(f"{len(table)} runs, {len(table.columns)} columns: {path}")
         return 0
     from core.metrics import METRIC_NAMES
     from core.tables import instance_column
 
-    shown = ["Run", "Dataset", "Status", "Train fraction", "Augmentation", "Seed",
+    shown = ["Run", "Dataset", "Status", "Train fraction", "Augmentation", "Seed", "Setting",
              next(c for c in table.columns if c.startswith("Pixel F1 (Dice)")),
              instance_column("dsb_map", args.method), instance_column("ap50", args.method),
              METRIC_NAMES["roc_auc"]]

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 
+from core.commands._executor import add_executor_options, ray_options, train_on_ray
 from core.config import AUGMENTATION_LEVELS, DEVICES, LOSSES, LR_SCHEDULES, PRECISIONS, RunConfig
 
 
@@ -26,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
                         help="optimiser steps (batches of random patches) per epoch")
+    parser.add_argument("--patience", dest="early_stopping_patience", type=int, metavar="N",
+                        help="stop after N epochs without an improvement of the validation pixel F1 "
+                             "(--epochs is then the most it trains; default: train every epoch)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--patch-size", type=int, default=defaults.patch_size)
     parser.add_argument("--width", dest="base_width", type=int, default=defaults.base_width,
@@ -48,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # Set by the queue worker: it claimed the run for this process, which trains it only if
     # the claim still holds (a run cancelled while this process started is left alone).
     parser.add_argument("--from-worker", action="store_true", help=argparse.SUPPRESS)
+    add_executor_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -60,6 +65,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def run(args: argparse.Namespace) -> int:
     from core.lifecycle import train_then_evaluate
 
+    if ray_options(args) is not None:  # --executor ray: the run trains as a Ray task, followed here
+        return train_on_ray(args, None if args.resume else config_from_args(args))
     options = dict(evaluate=args.evaluate, show_progress=not args.quiet, from_worker=args.from_worker)
     if args.resume:
         outcome = train_then_evaluate(run_id=args.resume, **options)
@@ -75,5 +82,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"validation pixel F1 at threshold {RunConfig.threshold}: {v['val_f1']:.4f} "
                   f"(untrained model: {result.untrained_metrics.get('val_f1', float('nan')):.4f}); "
                   f"best {result.best_validation_f1:.4f} at epoch {result.best_epoch}")
+        if result.stop_reason:
+            print(result.stop_reason)
         print(f"checkpoints: {result.checkpoint_dir}")
     return 0 if outcome.status == "finished" else 1

@@ -217,6 +217,12 @@ class Dataset:
         """Distinct native image dtypes, e.g. ``["uint8"]``."""
         return sorted({str(image.dtype) for image in self._images})
 
+    def raw_data(self) -> RawData:
+        """The arrays as held (native dtypes, not copied), with the checks and warnings: what
+        :func:`core.datasets.registry.provided_dataset` hands to another process."""
+        return RawData(images=self._images, masks=self._masks, instances=self._instances, names=list(self.names),
+                       checks=list(self.checks), warnings=list(self.warnings))
+
     def raw_masks(self) -> list[np.ndarray] | None:
         """The stored bool masks (no copies); for statistics over the whole set."""
         return self._masks

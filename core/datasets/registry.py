@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -17,6 +19,32 @@ SOURCES: dict[str, Source] = {
     for module in (synthetic, isbi, dsb2018, epfl, ncmir, folder)
     for source in module.SOURCES
 }
+
+
+#: Datasets handed to this process in memory rather than read from files, by
+#: :func:`provided_key`; see :func:`provided_dataset`.
+_PROVIDED: dict[tuple, RawData] = {}
+
+
+def provided_key(name: str, root: str | Path | None, split: str,
+                 size: int | tuple[int, int] | None) -> tuple:
+    """What a :func:`load_dataset` call asks for: (name, root as text or None, split, (H, W) or None)."""
+    return (name, None if root is None else str(root), split, normalize_size(size))
+
+
+@contextmanager
+def provided_dataset(name: str, root: str | Path | None, split: str, size: int | tuple[int, int] | None,
+                     raw: RawData) -> Iterator[None]:
+    """While inside, ``load_dataset(name, root, split, size)`` returns ``raw`` without touching
+    any file (a Ray worker trains on the arrays its launcher loaded and sent; see
+    :mod:`core.ray_executor`). ``raw`` is what :meth:`Dataset.raw_data` gave for that load.
+    """
+    key = provided_key(name, root, split, size)
+    _PROVIDED[key] = raw
+    try:
+        yield
+    finally:
+        _PROVIDED.pop(key, None)
 
 
 def list_datasets() -> list[DatasetSpec]:
@@ -217,6 +245,9 @@ def load_dataset(
         raise DatasetError(f"dataset {name!r} has no split {split!r}; its splits are {', '.join(spec.splits)}")
     size = normalize_size(size)
     root_path = Path(root) if root is not None and spec.needs_root else None
+    provided = _PROVIDED.get(provided_key(name, root, split, size))
+    if provided is not None:
+        return Dataset(spec, root_path, split, size, provided, from_cache=True)
     plan, plan_warnings = with_warnings(lambda: source.plan(root_path, split))
 
     cache_problem = None
