@@ -7,20 +7,9 @@ import pandas as pd
 import pytest
 
 from core import figures
-from core.metrics import METRIC_NAMES, PixelCurveAccumulator
+from core.metrics import METRIC_NAMES
 from core.tables import grid_summary, operating_point
-
-
-def curves_of(probabilities: np.ndarray, truth: np.ndarray):
-    accumulator = PixelCurveAccumulator()
-    accumulator.update(probabilities, truth)
-    return accumulator.result()
-
-
-def grid_table() -> pd.DataFrame:
-    rows = [("light", 0.1, 0.5), ("light", 0.1, 0.7), ("none", 0.1, 0.4), ("none", 0.5, 0.8),
-            ("none", 0.5, 0.6), ("none", 0.5, 1.0), ("heavy", 0.5, np.nan)]
-    return pd.DataFrame(rows, columns=["Augmentation", "Train fraction", "F1"])
+from helpers import curves_of, grid_table
 
 
 def test_grid_heatmap_writes_mean_sd_and_n_in_each_cell():

@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from core import tables
 from core.config import RunConfig
 from core.errors import UNetLabError
-from core.metrics import METRIC_NAMES, PixelCurveAccumulator
+from core.metrics import METRIC_NAMES
 from core.runs import RunRecord
+from helpers import curves_of, grid_table
 
 
 def record(run_id: str = "r1", status: str = "finished", **config) -> RunRecord:
@@ -31,21 +31,6 @@ def summary(f1: float = 0.8, dsb: float = 0.6) -> dict:
         "instances": {"components": {"dsb_map": dsb, "paper_map": 0.5, "ap50": 0.7, "tp50": 7, "fp50": 1,
                                      "fn50": 2}},
     }
-
-
-def curves_of(probabilities: np.ndarray, truth: np.ndarray):
-    accumulator = PixelCurveAccumulator()
-    accumulator.update(probabilities, truth)
-    return accumulator.result()
-
-
-# ---- the grid --------------------------------------------------------------------------------
-
-
-def grid_table() -> pd.DataFrame:
-    rows = [("light", 0.1, 0.5), ("light", 0.1, 0.7), ("none", 0.1, 0.4), ("none", 0.5, 0.8),
-            ("none", 0.5, 0.6), ("none", 0.5, 1.0), ("heavy", 0.5, np.nan)]
-    return pd.DataFrame(rows, columns=["Augmentation", "Train fraction", "F1"])
 
 
 def test_grid_summary_gives_mean_sd_and_counts_per_cell():
