@@ -68,13 +68,7 @@ from typing import Any, Iterator, Sequence
 
 from core.errors import RunError, UNetLabError
 from core.fileio import atomic_write_bytes
-from core.runs import (
-    ACTIVE_STATUSES,
-    ENDED_STATUSES,
-    Registry,
-    check_run_id,
-    failure_cause,
-)
+from core.runs import ACTIVE_STATUSES, Registry, check_run_id, failure_cause
 
 #: The checkpoint files a run's folder holds; both travel between the launcher and its tasks.
 CHECKPOINT_FILES = ("last.pt", "best.pt")
@@ -149,7 +143,12 @@ def connect(options: RayOptions) -> bool:
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=options.local_cpus or os.cpu_count() or 1, include_dashboard=False, **quiet)
+            # Ray runs its workers at niceness 15; a local instance's runs get the priority this
+            # machine's queue gives its training processes (0), so that other work on the machine
+            # does not slow them more than it slows the local queue. A cluster's nodes keep what
+            # their `ray start` gave them.
+            ray.init(num_cpus=options.local_cpus or os.cpu_count() or 1, include_dashboard=False,
+                     _system_config={"worker_niceness": 0}, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise UNetLabError(f"could not connect to {where}: {error}") from None
@@ -519,13 +518,11 @@ class RayExecutor:
         try:
             wanted = set(run_ids)
             while True:
-                statuses = {record.id: record for record in self.registry.list_runs() if record.id in wanted}
-                done = sum(statuses[run_id].status in ENDED_STATUSES for run_id in run_ids if run_id in statuses)
+                live = {record.id for record in self.registry.list_runs(status=("queued", *ACTIVE_STATUSES))} & wanted
                 running = sum(1 for task in self.tasks.values() if task.attempt)
                 waiting = len(self.tasks) - running
-                others = sum(1 for run_id in run_ids if run_id in statuses and run_id not in self.tasks
-                             and statuses[run_id].status not in ENDED_STATUSES)
-                bar.n = done
+                others = len(live - set(self.tasks))  # runs of this plan that other processes train
+                bar.n = len(wanted - live - set(self.tasks))
                 bar.set_postfix_str(f"{running} training on Ray, {waiting} waiting for resources"
                                     + (f", {others} in other processes" if others else ""), refresh=True)
                 if not self.tasks and not others:
