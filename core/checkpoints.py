@@ -151,7 +151,8 @@ def build_model_from_checkpoint(path: str | Path, device: str | torch.device = "
 
     payload = load_checkpoint(path)
     config, in_channels = checkpoint_config(payload, path)
-    model = UNet(in_channels=in_channels, base_width=config.base_width, depth=config.depth)
+    model = UNet(in_channels=in_channels, base_width=config.base_width, depth=config.depth,
+                 out_channels=config.output_channels)
     check_weights_fit(model, payload["state_dict"], path)
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()

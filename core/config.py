@@ -17,8 +17,22 @@ from core.errors import ConfigError
 AUGMENTATION_LEVELS = ("none", "light", "medium", "heavy")
 #: Train fractions offered as one-click presets beside the Train page's slider.
 TRAIN_FRACTION_PRESETS: tuple[float, ...] = (0.1, 0.2, 0.5, 0.8)
-LOSSES = ("bce", "bce+dice")
-LR_SCHEDULES = ("constant", "cosine")
+#: Losses on the logits: binary cross-entropy, soft Dice, their sum, and focal loss (gamma 2),
+#: each applied to every output channel (see core.train.segmentation_loss).
+LOSSES = ("bce", "bce+dice", "dice", "focal")
+#: "constant" and "cosine" (annealed per epoch over ``epochs``) are the original schedules; the
+#: others change the rate every step over ``epochs * steps_per_epoch`` steps: a linear warm-up
+#: over the first 5% then cosine decay, PyTorch's one-cycle, or polynomial decay (power 0.9, as
+#: nnU-Net).
+LR_SCHEDULES = ("constant", "cosine", "warmup-cosine", "one-cycle", "poly")
+#: What the network predicts (core.targets): the foreground mask alone, or the mask plus every
+#: object's outline, from which the ``seeded-watershed`` post-processing separates touching objects.
+TARGETS = ("mask", "mask+contour")
+#: Per-image intensity normalisation before the network (core.preprocess), in training and prediction.
+NORMALIZATIONS = ("none", "percentile")
+#: Colour handling (core.preprocess): keep the channels, average them to grey, or average to grey and
+#: invert images whose background is bright (brightfield), so objects are always brighter than it.
+COLOURS = ("keep", "grey", "grey-dark-background")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: How the labelled pool is split (core.datasets.split): "auto" = contiguous block with a gap for
@@ -55,6 +69,17 @@ class RunConfig:
     base_width: int = 16
     depth: int = 4
     loss: str = "bce"
+    # Ronneberger et al. 2015's weight map: pixels between two objects weigh up to 1 + border_weight
+    # (w0) in the loss, falling off with border_sigma pixels; 0 = no weight map.
+    border_weight: float = 0.0
+    border_sigma: float = 5.0
+    target: str = "mask"  # see TARGETS
+    foreground_sampling: float = 0.0  # share of patches centred on a random foreground pixel
+    normalization: str = "none"  # see NORMALIZATIONS
+    colour: str = "keep"  # see COLOURS
+    # Start from these weights instead of a random initialisation: a run id (its best.pt) or a
+    # shipped model's name (core.starter, e.g. "starter-nuclei"); shapes must match.
+    init_from: str | None = None
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"
@@ -87,6 +112,16 @@ class RunConfig:
             ),
             (self.augmentation in AUGMENTATION_LEVELS, f"augmentation must be one of {AUGMENTATION_LEVELS}"),
             (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
+            (self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}"),
+            (self.normalization in NORMALIZATIONS, f"normalization must be one of {NORMALIZATIONS}"),
+            (self.colour in COLOURS, f"colour must be one of {COLOURS}, got {self.colour!r}"),
+            (0 <= self.border_weight <= 100 and math.isfinite(self.border_weight),
+             f"border_weight must be in [0, 100], got {self.border_weight:g}"),
+            (0 < self.border_sigma <= 100, f"border_sigma must be in (0, 100] pixels, got {self.border_sigma:g}"),
+            (0 <= self.foreground_sampling <= 1,
+             f"foreground_sampling must be in [0, 1], got {self.foreground_sampling:g}"),
+            (self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
+             f"init_from must be a run id or a shipped model's name, got {self.init_from!r}"),
             (self.optimizer == "adam", "optimizer must be 'adam'"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
             (self.device in DEVICES, f"device must be one of {DEVICES}"),
@@ -139,6 +174,11 @@ class RunConfig:
         config = cls(**{k: v for k, v in values.items() if k in known})
         config.extra.update({k: v for k, v in values.items() if k not in known})
         return config
+
+    @property
+    def output_channels(self) -> int:
+        """Channels the network predicts: 1 for the mask, 2 for mask and contour."""
+        return 2 if self.target == "mask+contour" else 1
 
     def label(self) -> str:
         """Short human label, e.g. ``synthetic-nuclei 50% light s0``."""

@@ -33,7 +33,7 @@ from core.metrics import (
     pixel_counts,
     summarize_instance_scores,
 )
-from core.postprocess import METHODS, binary_to_instances, postprocess
+from core.postprocess import METHODS, binary_to_instances, methods_for, postprocess
 from core.runs import Registry, check_run_id
 
 INSTANCE_KEYS = ("dsb_map", "paper_map", "ap50", "precision50", "recall50", "f1_50", "tp50", "fp50", "fn50",
@@ -131,7 +131,8 @@ def evaluate_run(
     config = record.config
     loaded = load_model(path, device=config.device)
     dataset, indices, split_description = evaluation_images(run_id, split, registry)
-    methods = tuple(methods or METHODS)
+    # A mask+contour model is also scored with the methods that use its outline map.
+    methods = tuple(methods or methods_for(config.output_channels > 1))
     membrane = dataset.spec.kind == "membrane"
 
     counts = PixelCounts()
@@ -141,7 +142,8 @@ def evaluate_run(
     per_image, arrays = [], {}
     for position, index in enumerate(tqdm(indices, desc=f"evaluating {run_id} ({split})", disable=not show_progress)):
         sample = dataset[index]
-        probability = predict_image(loaded, sample.image, source=sample.name).probability
+        prediction = predict_image(loaded, sample.image, source=sample.name)
+        probability = prediction.probability
         image_counts = pixel_counts(probability, sample.mask, config.threshold)
         counts = counts + image_counts
         curves.update(probability, sample.mask)
@@ -150,7 +152,7 @@ def evaluate_run(
         row = {"name": sample.name, "pixel_f1": image_counts.f1, "pixel_tp": image_counts.tp,
                "pixel_fp": image_counts.fp, "pixel_fn": image_counts.fn, "n_truth_objects": int(truth_labels.max())}
         for method in methods:
-            labels = postprocess(probability, method, threshold=config.threshold,
+            labels = postprocess(probability, method, contour=prediction.contour, threshold=config.threshold,
                                  connectivity=dataset.spec.connectivity)
             scores = instance_scores(truth_labels, labels)
             per_method[method].append(scores)

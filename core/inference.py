@@ -158,6 +158,9 @@ class Prediction:
     tiles: int
     scale: str = "native"
     network_shape: tuple[int, int] = (0, 0)
+    #: float32 (H, W) probability of an object's outline, from a model trained with target
+    #: "mask+contour" (what the ``seeded-watershed`` post-processing needs); None otherwise.
+    contour: np.ndarray | None = None
 
     def scale_note(self) -> str:
         """One sentence for the user: at which size the image was segmented."""
@@ -216,23 +219,30 @@ def predict_image(loaded: LoadedModel, image: np.ndarray, tile_size: int | None 
         ``probability`` float32 (H, W) of the input image.
     """
     from core.datasets.registry import resize_image
+    from core.preprocess import is_identity, preprocess
 
-    settings = tile_settings(loaded.config, tile_size, overlap, flip_tta)
+    config = loaded.config
+    settings = tile_settings(config, tile_size, overlap, flip_tta)
     if image.ndim == 2:
         image = image[:, :, None]
     native = image.shape[:2]
-    target = network_shape(loaded.config, native, scale)
+    target = network_shape(config, native, scale)
     started = time.perf_counter()
     if target != native:
         image = resize_image(image, target)
-    probability = predict_probabilities(loaded.model, image, settings, loaded.device, loaded.precision,
-                                        channels_last=loaded.channels_last, channels=loaded.channels,
-                                        source=source)
+    if not is_identity(config.normalization, config.colour):  # as the run's training images were
+        image = preprocess(image, config.normalization, config.colour)
+    outputs = predict_probabilities(loaded.model, image, settings, loaded.device, loaded.precision,
+                                    channels_last=loaded.channels_last, channels=loaded.channels,
+                                    source=source, outputs=config.output_channels)
+    maps = outputs[None] if outputs.ndim == 2 else outputs
     if target != native:
-        probability = np.clip(_resize(probability, native, order=1, anti_aliasing=False), 0, 1).astype(np.float32)
-    return Prediction(probability=probability, seconds=time.perf_counter() - started,
+        maps = np.stack([np.clip(_resize(m, native, order=1, anti_aliasing=False), 0, 1).astype(np.float32)
+                         for m in maps])
+    return Prediction(probability=maps[0], seconds=time.perf_counter() - started,
                       tiles=sum(1 for _ in iter_tiles(target[0], target[1], settings)),
-                      scale="training" if target != native else "native", network_shape=target)
+                      scale="training" if target != native else "native", network_shape=target,
+                      contour=maps[1] if len(maps) > 1 else None)
 
 
 def _resize(array: np.ndarray, shape: tuple[int, int], order: int, anti_aliasing: bool) -> np.ndarray:

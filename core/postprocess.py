@@ -9,7 +9,11 @@ and the CLI can offer them:
   from its peaks;
 - ``kmeans-watershed`` (the paper's): per connected component, K-means on the pixel
   coordinates with K at the elbow of the sum-of-squared-errors curve; the cluster
-  centres are the watershed markers.
+  centres are the watershed markers;
+- ``seeded-watershed`` (for models trained with target ``mask+contour``, listed in
+  :data:`CONTOUR_METHODS`): the foreground minus the predicted outlines leaves one seed per
+  object, and a watershed over the outline probability grows the seeds back to the
+  foreground, so touching objects part where the network saw their border.
 
 Every method returns int32 labels 0..N with contiguous ids (0 = background).
 """
@@ -94,6 +98,23 @@ class KMeansWatershedParams(ComponentsParams):
     elbow_ratio: float = 0.4
     max_points: int = 400
     random_state: int = 0
+
+
+@dataclass(frozen=True)
+class SeededWatershedParams(ComponentsParams):
+    """Parameters of ``seeded-watershed`` (the foreground ones of :class:`ComponentsParams`, plus below).
+
+    Attributes
+    ----------
+    contour_threshold : float
+        A foreground pixel is part of a seed where the outline probability is below it.
+    min_seed_size : int
+        Seeds with fewer pixels are dropped (a component left without a seed becomes one
+        object, so a small object is never lost).
+    """
+
+    contour_threshold: float = 0.5
+    min_seed_size: int = 4
 
 
 # --------------------------------------------------------------------------------------
@@ -329,6 +350,42 @@ def kmeans_watershed(probabilities: np.ndarray, params: KMeansWatershedParams | 
     return _sequential(skimage_watershed(-distance, markers, mask=mask))
 
 
+def seeded_watershed(probabilities: np.ndarray, contour: np.ndarray,
+                     params: SeededWatershedParams | None = None) -> np.ndarray:
+    """Objects from a foreground map and an outline map (a ``mask+contour`` model's two outputs).
+
+    Parameters
+    ----------
+    probabilities : ndarray of float in [0, 1], shape (H, W), the foreground
+    contour : ndarray of float in [0, 1], shape (H, W), the probability of an object's outline
+    params : SeededWatershedParams, optional
+
+    Returns
+    -------
+    ndarray of int32, shape (H, W), labels 0..N
+
+    Notes
+    -----
+    Seeds are 4-connected, so a one-pixel diagonal outline still parts two of them. The
+    watershed floods the outline probability from the seeds inside the foreground: each
+    pixel joins the seed it reaches over the lowest outline ridge.
+    """
+    params = _check_params(params, SeededWatershedParams)
+    contour = _check_probabilities(contour)
+    if contour.shape != np.shape(probabilities):
+        raise MetricInputError(f"contour map shape {contour.shape} differs from the probability map's "
+                               f"{np.shape(probabilities)}")
+    foreground = _foreground_components(probabilities, params)
+    mask = foreground > 0
+    seeds = label(mask & (contour < params.contour_threshold), connectivity=1).astype(np.int32)
+    if params.min_seed_size > 1 and seeds.max() > 0:
+        small = label_sizes(seeds) < params.min_seed_size
+        small[0] = False
+        seeds[small[seeds]] = 0
+    seeds = _ensure_one_marker_per_component(seeds, foreground)
+    return _sequential(skimage_watershed(contour, seeds, mask=mask))
+
+
 def binary_to_instances(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     """Instances of a truth mask that has none: its connected components.
 
@@ -363,26 +420,47 @@ METHODS: dict[str, Callable[..., np.ndarray]] = {
     "kmeans-watershed": kmeans_watershed,
 }
 
+#: Methods that also need an outline map (from a model trained with target "mask+contour"):
+#: name -> function(probabilities, contour, params) -> int32 labels.
+CONTOUR_METHODS: dict[str, Callable[..., np.ndarray]] = {
+    "seeded-watershed": seeded_watershed,
+}
+
 #: Method name -> its parameter dataclass (defaults are the dataclass defaults).
 PARAMETERS: dict[str, type] = {
     "components": ComponentsParams,
     "watershed": WatershedParams,
     "kmeans-watershed": KMeansWatershedParams,
+    "seeded-watershed": SeededWatershedParams,
 }
 
 
-def postprocess(probabilities: np.ndarray, method: str = "components", **params) -> np.ndarray:
+def methods_for(has_contour: bool) -> list[str]:
+    """The methods a model can use: all of them when it predicts outlines, else :data:`METHODS`."""
+    return list(METHODS) + (list(CONTOUR_METHODS) if has_contour else [])
+
+
+def postprocess(probabilities: np.ndarray, method: str = "components", contour: np.ndarray | None = None,
+                **params) -> np.ndarray:
     """Run a method by name with parameters given as keywords.
+
+    ``contour`` is the outline probability map, needed by the :data:`CONTOUR_METHODS` (and
+    ignored by the others).
 
     >>> labels = postprocess(probabilities, "watershed", min_distance=7)  # doctest: +SKIP
     """
-    if method not in METHODS:
-        raise MetricInputError(f"unknown post-processing method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in PARAMETERS:
+        raise MetricInputError(f"unknown post-processing method {method!r}; choose one of {', '.join(PARAMETERS)}")
     params_type = PARAMETERS[method]
     known = {field.name for field in fields(params_type)}
     unknown = sorted(set(params) - known)
     if unknown:
         raise MetricInputError(f"{method} has no parameter {', '.join(unknown)}; its parameters: {', '.join(sorted(known))}")
+    if method in CONTOUR_METHODS:
+        if contour is None:
+            raise MetricInputError(f"{method} needs an outline map: use a model trained with target "
+                                   "'mask+contour' (train --target mask+contour)")
+        return CONTOUR_METHODS[method](probabilities, contour, params_type(**params))
     return METHODS[method](probabilities, params_type(**params))
 
 

@@ -129,8 +129,9 @@ def predict_probabilities(
     channels_last: bool = False,
     channels: int | None = None,
     source: str = "the image",
+    outputs: int = 1,
 ) -> np.ndarray:
-    """Probability of the positive class for every pixel of ``image``.
+    """Probability of the positive class (and of any further output channel) for every pixel.
 
     Parameters
     ----------
@@ -148,14 +149,16 @@ def predict_probabilities(
         to grey); None when the image already has them.
     source : str
         How an error names the image.
+    outputs : int
+        The model's output channels, each a sigmoid probability (2 for a mask+contour model).
 
     Returns
     -------
-    ndarray, float32, shape (H, W), values in [0, 1].
+    ndarray, float32, values in [0, 1]: shape (H, W) for one output, (outputs, H, W) for several.
 
     Notes
     -----
-    Memory beyond the image: one float32 (H, W) map and a batch of tiles. The blending
+    Memory beyond the image: one float32 (H, W) map per output and a batch of tiles. The blending
     weights of a regular grid of equal tiles are separable (the window is an outer product
     of two 1-D ramps), so their sum is the outer product of two 1-D sums and is never stored
     as an image.
@@ -168,7 +171,7 @@ def predict_probabilities(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     height, width = image.shape[:2]
-    summed = np.zeros((height, width), np.float32)
+    summed = np.zeros((outputs, height, width), np.float32)
     tiles = list(iter_tiles(height, width, settings))
     tile_h, tile_w = tiles[0][2], tiles[0][3]
     overlap = settings.overlap if len(tiles) > 1 else 0
@@ -184,20 +187,21 @@ def predict_probabilities(
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         probabilities = _forward(model, inputs, device, precision, settings.flip_tta)
         for (top, left, h, w), tile_probability in zip(batch_tiles, probabilities):
-            summed[top:top + h, left:left + w] += tile_probability * window
+            summed[:, top:top + h, left:left + w] += tile_probability[:outputs] * window
     rows, columns = np.zeros(height, np.float32), np.zeros(width, np.float32)
     for top in tile_starts(height, tile_h, settings.overlap):
         rows[top:top + tile_h] += ramp_h
     for left in tile_starts(width, tile_w, settings.overlap):
         columns[left:left + tile_w] += ramp_w
-    summed /= rows[:, None]
-    summed /= columns[None, :]
+    summed /= rows[None, :, None]
+    summed /= columns[None, None, :]
     # Two float32 divisions can round a certain pixel to 1 + 1 ulp: probabilities stay in [0, 1].
-    return np.clip(summed, 0.0, 1.0, out=summed)
+    np.clip(summed, 0.0, 1.0, out=summed)
+    return summed[0] if outputs == 1 else summed
 
 
 def _forward(model, inputs: torch.Tensor, device: torch.device, precision: str, flip_tta: bool) -> np.ndarray:
-    """Sigmoid probabilities (N, h, w) as float32 numpy, averaged over flips if asked."""
+    """Sigmoid probabilities (N, K, h, w) as float32 numpy, averaged over flips if asked."""
     flips = [(), (3,), (2,), (2, 3)] if flip_tta else [()]
     total = None
     for dims in flips:
@@ -207,4 +211,4 @@ def _forward(model, inputs: torch.Tensor, device: torch.device, precision: str, 
         probability = torch.sigmoid(logits.float())
         probability = torch.flip(probability, dims) if dims else probability
         total = probability if total is None else total + probability
-    return (total / len(flips))[:, 0].cpu().numpy()
+    return (total / len(flips)).cpu().numpy()

@@ -35,15 +35,15 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
     UNetLabError
         An unknown method, named with the known ones (checked before any model is loaded).
     """
-    from core.postprocess import METHODS
+    from core.postprocess import PARAMETERS
 
     names = [part.strip() for part in (text.split(",") if isinstance(text, str) else text) if part.strip()]
     if names == ["all"]:
-        return list(METHODS)
-    unknown = [name for name in names if name not in METHODS]
+        return list(PARAMETERS)  # those a model cannot use (seeded-watershed without outlines) are left out later
+    unknown = [name for name in names if name not in PARAMETERS]
     if unknown or not names:
         raise UNetLabError(f"post-processing method {', '.join(unknown) or '(none)'} is unknown; choose from "
-                           f"{', '.join(METHODS)}, a comma-separated list of them, or 'all'")
+                           f"{', '.join(PARAMETERS)}, a comma-separated list of them, or 'all'")
     return list(dict.fromkeys(names))
 
 
@@ -115,6 +115,13 @@ def predict_files(
         raise UNetLabError(f"threshold must be between 0 and 1 (exclusive), got {threshold:g}")
     if probabilities not in PROBABILITY_FORMATS:
         raise UNetLabError(f"probabilities: choose one of {', '.join(PROBABILITY_FORMATS)}, not {probabilities!r}")
+    from core.postprocess import methods_for
+
+    usable = methods_for(config.output_channels > 1)
+    if not any(method in usable for method in methods):
+        raise UNetLabError(f"{', '.join(methods)} needs a model trained with target 'mask+contour'; this model "
+                           f"predicts the mask only: choose from {', '.join(usable)}")
+    methods = [method for method in methods if method in usable]
     kind = dataset_kind(config.dataset)
     manifest = PredictionManifest(checkpoint=str(checkpoint), run_config=config.to_dict(), kind=kind,
                                   threshold=threshold, methods=list(methods), scale=scale)
@@ -131,7 +138,8 @@ def predict_files(
                                network_shape=tuple(prediction.network_shape), scale=prediction.scale,
                                labels={}, mask=f"{path.stem}_mask.png", seconds=prediction.seconds)
         for method in methods:
-            labels = postprocess(probability, method, threshold=threshold, connectivity=manifest.connectivity)
+            labels = postprocess(probability, method, contour=prediction.contour, threshold=threshold,
+                                 connectivity=manifest.connectivity)
             image.labels[method] = label_file_name(path.stem, method, labels)
             image.objects[method] = int(labels.max(initial=0))
             write_labels(output / image.labels[method], labels)

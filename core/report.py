@@ -678,17 +678,52 @@ def dataset_metrics(study: StudyInput, dataset: str) -> dict[str, str]:
     return {key: columns[key] for key in ["pixel_f1", *(["membrane_f1"] if membrane else []), "dsb_map", "ap50"]}
 
 
+def equal_budget_epoch(study: StudyInput) -> int | None:
+    """The budget (in epochs) at which every evaluated run of an early-stopped study can be compared:
+    the fewest epochs any of them trained. None when no run stopped early (the runs' own budgets
+    are then equal already, or the study has no patience) or when that is under 2 epochs."""
+    evaluated = study.table[study.table[study.columns["roc_auc"]].notna()]
+    records = {record.id: record for record in study.records}
+    runs = [records[run_id] for run_id in evaluated["Run"] if run_id in records]
+    if not any(record.config.early_stopping_patience for record in runs):
+        return None
+    trained = [max((row["epoch"] for row in study.registry.epochs(record.id)), default=0) for record in runs]
+    if not trained or len(set(trained)) == 1 or min(trained) < 2:
+        return None
+    return int(min(trained))
+
+
+def budget_column(epoch: int) -> str:
+    return f"validation pixel F1 at equal budget (best of epochs 1-{epoch})"
+
+
+def add_budget_scores(study: StudyInput, epoch: int) -> str:
+    """Add each run's best validation pixel F1 over its first ``epoch`` epochs (from its stored
+    per-epoch validation) to the study table; the column's name."""
+    column = budget_column(epoch)
+    scores = []
+    for run_id in study.table["Run"]:
+        values = [row.get("val_f1") for row in study.registry.epochs(run_id) if 1 <= row["epoch"] <= epoch]
+        values = [v for v in values if v is not None]
+        scores.append(max(values) if len(values) == epoch else float("nan"))
+    study.table[column] = scores
+    return column
+
+
 def study_comparisons(study: StudyInput) -> list[Any]:
     """Every level against none, paired by seed, for every dataset, setting, fraction and
-    compared metric (pixel F1, membrane F1 on membrane sets, DSB mAP), Holm-adjusted together."""
+    compared metric (pixel F1, membrane F1 on membrane sets, DSB mAP), and, in a study with early
+    stopping, the pixel F1 at an equal budget (:func:`equal_budget_epoch`); Holm-adjusted together."""
     from core.tables import evaluated_rows, level_comparisons, with_holm
 
     comparisons = []
+    budget = equal_budget_epoch(study)
+    budget_metric = {"budget_f1": add_budget_scores(study, budget)} if budget else {}
     evaluated = evaluated_rows(study.table)
     for dataset in study.datasets:
         metrics = {key: column for key, column in dataset_metrics(study, dataset).items() if key != "ap50"}
-        comparisons += level_comparisons(evaluated[evaluated["Dataset"] == dataset], metrics, study.evaluations,
-                                         method=study.method)
+        comparisons += level_comparisons(evaluated[evaluated["Dataset"] == dataset], {**metrics, **budget_metric},
+                                         study.evaluations, method=study.method)
     return with_holm(comparisons)
 
 
@@ -771,9 +806,19 @@ def write_statistics(doc: Document, study: StudyInput) -> None:
         "within each seed, 10,000 resamples) of the mean per-image difference, from the per-image scores stored "
         "with each evaluation (pixel F1 and DSB mAP; the membrane F1 has no per-image scores, so its interval is "
         "the t one). "
-        f"p-values are Holm-adjusted over all {tested} tested comparisons of this report (family-wise error 5%). "
+        + (f"The runs stopped early at different epochs (patience {patience_text(study)}), so levels are compared "
+           f"twice: at convergence (each run's best checkpoint, the scores above) and at an equal budget: "
+           f"'{budget_column(budget)}' is each run's best validation pixel F1 within the first {budget} epochs "
+           f"(the fewest any run of the study trained), read from its per-epoch validation, with a t interval over "
+           "seeds. " if (budget := equal_budget_epoch(study)) else "")
+        + f"p-values are Holm-adjusted over all {tested} tested comparisons of this report (family-wise error 5%). "
         "'Not distinguishable' means the data cannot tell the settings apart with these seeds, not that they are "
         "equal.")
+
+
+def patience_text(study: StudyInput) -> str:
+    values = sorted({r.config.early_stopping_patience for r in study.records if r.config.early_stopping_patience})
+    return ", ".join(f"{v} epochs" for v in values) or "none"
 
 
 def write_comparisons(doc: Document, comparisons: Sequence[Any], dataset: str, level: int = 3) -> None:

@@ -718,11 +718,11 @@ def study_table(name: str, registry: Registry, method: str = "components",
     import pandas as pd
 
     from core.metrics import METRIC_NAMES, metric_name
-    from core.postprocess import METHODS
+    from core.postprocess import PARAMETERS
     from core.tables import RUN_TIME_COLUMN, format_time, instance_column, runs_table
 
-    if method not in METHODS:
-        raise UNetLabError(f"unknown post-processing method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in PARAMETERS:
+        raise UNetLabError(f"unknown post-processing method {method!r}; choose one of {', '.join(PARAMETERS)}")
     records = list(records) if records is not None else study_records(name, registry)
     if not records:
         raise UNetLabError(f"study {name!r} has no runs in the registry {registry.path}")

@@ -17,12 +17,14 @@ torch) is seeded from ``(config.seed, e)``. A run resumed from ``last.pt`` after
 
 from __future__ import annotations
 
+import math
 import queue
 import sys
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -33,11 +35,13 @@ from core.augment import augment, build_augmentation
 from core.checkpoints import check_weights_fit, load_checkpoint, save_checkpoint
 from core.config import RunConfig
 from core.datasets import Dataset, load_dataset, split
-from core.errors import RunError
+from core.errors import CheckpointError, ConfigError, RunError
 from core.model import UNet
 from core.inference import LoadedModel, memory_format as model_memory_format, predict_image, resolve_device, resolve_precision
 from core.predict import autocast_context
+from core.preprocess import input_channels, is_identity, preprocess
 from core.runs import Registry, check_run_id, failure_cause
+from core.targets import border_weight_map, instances_or_components, target_channels
 
 
 @dataclass
@@ -93,34 +97,60 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
+def needs_instances(config: RunConfig) -> bool:
+    """Whether a run's patches must carry instance labels (for contours or border weights)."""
+    return config.target != "mask" or config.border_weight > 0
+
+
+def patch_corner(rng: np.random.Generator, shape: tuple[int, int], patch: tuple[int, int],
+                 foreground: np.ndarray | None, foreground_sampling: float) -> tuple[int, int]:
+    """(top, left) of a random patch; with probability ``foreground_sampling`` one centred
+    (as far as the image allows) on a random foreground pixel (``foreground``: flat indices)."""
+    height, width = shape
+    patch_h, patch_w = patch
+    # Draw only when sampling is on, so runs without it keep their random stream.
+    if foreground_sampling > 0 and rng.random() < foreground_sampling and foreground is not None and foreground.size:
+        row, col = divmod(int(foreground[rng.integers(foreground.size)]), width)
+        top = min(max(row - patch_h // 2, 0), height - patch_h)
+        left = min(max(col - patch_w // 2, 0), width - patch_w)
+        return top, left
+    return int(rng.integers(height - patch_h + 1)), int(rng.integers(width - patch_w + 1))
+
+
 def patch_batches(
-    images: list[np.ndarray],
-    masks: list[np.ndarray],
+    data: "TrainingData",
     config: RunConfig,
-    shape: tuple[int, int],
     epoch: int,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Yield ``steps_per_epoch`` batches of random augmented patches for one epoch.
 
-    Each item: images float32 (B, C, h, w) and masks float32 (B, 1, h, w).
+    Each item: images float32 (B, C, h, w), targets float32 (B, K, h, w) (K from the run's
+    ``target``: see :func:`core.targets.target_channels`) and pixel weights float32
+    (B, 1, h, w) when ``border_weight`` is set, else None.
     """
     rng = np.random.default_rng(epoch_seed(config.seed, epoch))
+    shape = data.patch_shape
     transform = build_augmentation(config.augmentation, max(shape), seed=epoch_seed(config.seed + 1, epoch))
     patch_h, patch_w = shape
+    with_instances = needs_instances(config)
     for _ in range(config.steps_per_epoch):
-        batch_images, batch_masks = [], []
+        batch_images, batch_targets, batch_weights = [], [], []
         for _ in range(config.batch_size):
-            index = int(rng.integers(len(images)))
-            image, mask = images[index], masks[index]
-            top = int(rng.integers(image.shape[0] - patch_h + 1))
-            left = int(rng.integers(image.shape[1] - patch_w + 1))
-            image = image[top:top + patch_h, left:left + patch_w]
-            mask = mask[top:top + patch_h, left:left + patch_w]
+            index = int(rng.integers(len(data.train_images)))
+            image, mask = data.train_images[index], data.train_masks[index]
+            top, left = patch_corner(rng, mask.shape, shape, data.train_foreground[index],
+                                     config.foreground_sampling)
+            window = (slice(top, top + patch_h), slice(left, left + patch_w))
+            image, mask = image[window], mask[window]
+            instances = data.train_instances[index][window] if with_instances else None
             if transform is not None:
-                image, mask, _ = augment(transform, image, mask)
+                image, mask, instances = augment(transform, image, mask, instances)
             batch_images.append(image.transpose(2, 0, 1))
-            batch_masks.append(mask[None])
-        yield np.stack(batch_images).astype(np.float32), np.stack(batch_masks).astype(np.float32)
+            batch_targets.append(target_channels(mask, instances, config.target))
+            if config.border_weight > 0:
+                batch_weights.append(border_weight_map(instances, config.border_weight, config.border_sigma)[None])
+        yield (np.stack(batch_images).astype(np.float32), np.stack(batch_targets),
+               np.stack(batch_weights) if batch_weights else None)
 
 
 def prefetch(iterator: Iterator, depth: int = 3) -> Iterator:
@@ -165,15 +195,38 @@ def prefetch(iterator: Iterator, depth: int = 3) -> Iterator:
 # ---- loss and validation ----------------------------------------------------------------
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    """Binary cross-entropy on logits, plus soft Dice loss for ``bce+dice``."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    if loss == "bce":
-        return bce
-    probability = torch.sigmoid(logits)
-    intersection = (probability * target).sum()
-    dice = (2 * intersection + 1) / (probability.sum() + target.sum() + 1)
-    return bce + (1 - dice)
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, loss: str,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The run's loss on logits, averaged over the output channels.
+
+    Parameters
+    ----------
+    logits, target : tensors (B, K, h, w); target values 0 or 1
+    loss : "bce" (binary cross-entropy), "dice" (soft Dice, 1 - Dice per channel), "bce+dice"
+        (their sum) or "focal" (Lin et al. 2017, gamma 2: cross-entropy scaled by
+        ``(1 - p_t)**2``, so pixels already right count less)
+    weights : tensor (B, 1, h, w), optional
+        Pixel weights (the border weight map) on the cross-entropy or focal term.
+    """
+    value = logits.new_zeros(())
+    if loss in ("bce", "bce+dice"):
+        if weights is None:
+            value = F.binary_cross_entropy_with_logits(logits, target)
+        else:
+            value = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weights).mean()
+    elif loss == "focal":
+        cross_entropy = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        probability = torch.sigmoid(logits)
+        p_t = probability * target + (1 - probability) * (1 - target)
+        focal = cross_entropy * (1 - p_t) ** 2
+        value = (focal if weights is None else focal * weights).mean()
+    if loss in ("dice", "bce+dice"):
+        probability = torch.sigmoid(logits)
+        dims = (0, 2, 3)
+        intersection = (probability * target).sum(dims)
+        dice = (2 * intersection + 1) / (probability.sum(dims) + target.sum(dims) + 1)
+        value = value + (1 - dice).mean()
+    return value
 
 
 def validate(
@@ -336,21 +389,44 @@ class TrainingData:
     train_indices: list[int]
     validation_indices: list[int]
     patch_shape: tuple[int, int]
-    train_images: list[np.ndarray]
+    train_images: list[np.ndarray]  # preprocessed as the run says (core.preprocess)
     train_masks: list[np.ndarray]
+    #: Instance labels per training image (the mask's components where the source has none);
+    #: None entries when the run's target and loss do not need them.
+    train_instances: list[np.ndarray | None] = field(default_factory=list)
+    #: Flat indices of each training image's foreground pixels, for foreground-aware patch
+    #: sampling; None entries when the run does not sample so.
+    train_foreground: list[np.ndarray | None] = field(default_factory=list)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels the network gets (grey after a colour setting other than "keep")."""
+        return self.train_images[0].shape[2] if self.train_images else self.dataset.channels
 
 
 def prepare_data(config: RunConfig) -> TrainingData:
-    """Load the dataset at the run's image size and cut its fixed split."""
+    """Load the dataset at the run's image size, cut its fixed split and prepare the training images."""
+    from core.datasets.base import connectivity_for
+
     dataset = load_dataset(config.dataset, config.root, split="train", size=config.image_size)
-    parts = split(dataset, config.train_fraction, config.seed, config.validation_fraction, strategy=config.split_strategy, group_pattern=config.group_pattern)
+    parts = split(dataset, config.train_fraction, config.seed, config.validation_fraction,
+                  strategy=config.split_strategy, group_pattern=config.group_pattern)
+    samples = [dataset[i] for i in parts.train]
+    images = [sample.image for sample in samples]
+    if not is_identity(config.normalization, config.colour):
+        images = [preprocess(image, config.normalization, config.colour) for image in images]
+    connectivity = connectivity_for(dataset.spec.kind)
     return TrainingData(
         dataset=dataset,
         train_indices=list(parts.train),
         validation_indices=list(parts.validation),
         patch_shape=patch_shape(dataset, parts.train, config.patch_size),
-        train_images=[dataset[i].image for i in parts.train],
-        train_masks=[dataset[i].mask for i in parts.train],
+        train_images=images,
+        train_masks=[sample.mask for sample in samples],
+        train_instances=[instances_or_components(sample.mask, sample.instances, connectivity)
+                         if needs_instances(config) else None for sample in samples],
+        train_foreground=[np.flatnonzero(sample.mask) if config.foreground_sampling > 0 else None
+                          for sample in samples],
     )
 
 
@@ -367,22 +443,144 @@ class Trainer:
     memory_format: torch.memory_format
 
 
-def build_trainer(config: RunConfig, in_channels: int) -> Trainer:
-    """A freshly initialised U-Net (seeded by the run's seed) with Adam and the LR schedule."""
+#: Schedules that change the learning rate after every optimiser step (the others: every epoch).
+PER_STEP_SCHEDULES = ("warmup-cosine", "one-cycle", "poly")
+#: Share of a run's steps spent warming the learning rate up linearly in "warmup-cosine".
+WARMUP_SHARE = 0.05
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate's multiplier after ``step`` optimiser steps of ``total_steps`` for the
+    per-step schedules "warmup-cosine" and "poly" (one-cycle is PyTorch's ``OneCycleLR``)."""
+    if schedule == "poly":
+        return max(0.0, 1 - step / total_steps) ** 0.9
+    warmup = max(1, int(WARMUP_SHARE * total_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> Any:
+    """The run's learning-rate schedule (see :data:`core.config.LR_SCHEDULES`)."""
+    total = config.epochs * config.steps_per_epoch
+    schedule = config.lr_schedule
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if schedule == "one-cycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=total + 1)
+    if schedule in ("warmup-cosine", "poly"):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, total))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def init_source(init_from: str, registry: Registry) -> Path:
+    """The checkpoint a run's ``init_from`` names: a run's ``best.pt`` or a shipped model's file.
+
+    Raises
+    ------
+    ConfigError
+        When no run or shipped model has that name, or the run has no best checkpoint yet.
+    """
+    from core.starter import find_starter, starter_models
+
+    name = init_from.removeprefix("starter:")
+    starter = find_starter(name)
+    if starter is not None:
+        return starter.checkpoint
+    try:
+        record = registry.get_run(init_from)
+    except RunError:
+        record = None
+    if record is None:
+        shipped = ", ".join(model.name for model in starter_models()) or "none"
+        raise ConfigError(f"--init-from {init_from!r}: no run with that id and no shipped model of that name "
+                          f"(shipped: {shipped}; runs: `runs list`)")
+    if not record.best_checkpoint.is_file():
+        raise ConfigError(f"--init-from {init_from!r}: the run has no best checkpoint yet (status {record.status})")
+    return record.best_checkpoint
+
+
+def check_init_from(config: RunConfig, registry: Registry | None = None) -> Path | None:
+    """Check before a run is created that its ``init_from`` weights can fit its network.
+
+    Compares the source's stored width, depth and outputs with the run's (the input channels
+    are compared when the weights are loaded, once the dataset is read). Returns the source
+    checkpoint, or None without ``init_from``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the setting that differs, e.g. "width 8 ... this run's width is 16".
+    """
+    from core.checkpoints import checkpoint_config, load_checkpoint
+
+    if config.init_from is None:
+        return None
+    path = init_source(config.init_from, registry or Registry())
+    try:
+        source, _ = checkpoint_config(load_checkpoint(path), path)
+    except CheckpointError as error:
+        raise ConfigError(f"--init-from {config.init_from!r}: {error}") from None
+    for name, label in (("base_width", "width"), ("depth", "depth"), ("output_channels", "output channels")):
+        theirs, ours = getattr(source, name), getattr(config, name)
+        if theirs != ours:
+            raise ConfigError(f"--init-from {config.init_from!r}: its weights are of a U-Net with {label} {theirs}; "
+                              f"this run's {label} is {ours}. Use the same --width/--depth/--target to fine-tune it.")
+    return path
+
+
+def adapt_input_channels(state_dict: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """Weights of a colour model for a grey one, or the reverse, computing the same function.
+
+    Prediction feeds a grey image to a colour model by repeating it (core.predict.match_channels),
+    which a first convolution sees as its weights summed over the three input channels; and a
+    colour image to a grey model by the channel mean, which is the grey weights divided by three
+    on each channel. Only the first convolution's input axis changes; any other difference is
+    left for :func:`core.checkpoints.check_weights_fit` to report.
+    """
+    expected = model.state_dict()
+    adapted = dict(state_dict)
+    for name, tensor in state_dict.items():
+        want = expected.get(name)
+        if not isinstance(tensor, torch.Tensor) or want is None or tensor.ndim != 4 or tensor.shape == want.shape:
+            continue
+        if tensor.shape[0] == want.shape[0] and tensor.shape[2:] == want.shape[2:]:
+            if (tensor.shape[1], want.shape[1]) == (3, 1):
+                adapted[name] = tensor.sum(dim=1, keepdim=True)
+            elif (tensor.shape[1], want.shape[1]) == (1, 3):
+                adapted[name] = tensor.repeat(1, 3, 1, 1) / 3
+    return adapted
+
+
+def build_trainer(config: RunConfig, in_channels: int, registry: Registry | None = None) -> Trainer:
+    """A U-Net, initialised at random (seeded by the run's seed) or from ``init_from``'s weights,
+    with Adam and the LR schedule.
+
+    Raises
+    ------
+    ConfigError
+        When ``init_from``'s weights do not fit (another width, depth or channels).
+    """
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     memory_format = model_memory_format(config, device)
-    model = UNet(in_channels=in_channels, base_width=config.base_width, depth=config.depth).to(device)
-    model = model.to(memory_format=memory_format)
+    model = UNet(in_channels=in_channels, base_width=config.base_width, depth=config.depth,
+                 out_channels=config.output_channels)
+    if config.init_from is not None:
+        path = check_init_from(config, registry)
+        try:
+            weights = adapt_input_channels(load_checkpoint(path)["state_dict"], model)
+            check_weights_fit(model, weights, path)
+        except CheckpointError as error:
+            raise ConfigError(f"--init-from {config.init_from!r}: {error}") from None
+        model.load_state_dict(weights)
+    model = model.to(device).to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    if config.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    return Trainer(model, optimizer, scheduler, scaler, device, precision, memory_format)
+    return Trainer(model, optimizer, build_scheduler(optimizer, config), scaler, device, precision, memory_format)
 
 
 @dataclass
@@ -410,7 +608,8 @@ def resume_or_start(trainer: Trainer, data: TrainingData, config: RunConfig, run
     registry.truncate_epochs(run_id, -1)
     untrained = validate(trainer.model, data.dataset, data.validation_indices, config, trainer.device,
                          trainer.precision)
-    registry.add_epoch(run_id, 0, {**untrained, "note": "untrained model"})
+    note = f"initial weights from {config.init_from}" if config.init_from else "untrained model"
+    registry.add_epoch(run_id, 0, {**untrained, "note": note})
     return Progress(untrained=untrained)
 
 
@@ -422,19 +621,23 @@ def train_one_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epo
     torch.manual_seed(epoch_seed(config.seed + 2, epoch))
     trainer.model.train()
     last_report, loss_sum = 0.0, 0.0
-    batches = prefetch(patch_batches(data.train_images, data.train_masks, config, data.patch_shape, epoch))
+    batches = prefetch(patch_batches(data, config, epoch))
     bar = tqdm(batches, total=config.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
                disable=not show_progress, leave=True, dynamic_ncols=True)
-    for step, (images, masks) in enumerate(bar, start=1):
+    per_step_schedule = config.lr_schedule in PER_STEP_SCHEDULES
+    for step, (images, targets, weights) in enumerate(bar, start=1):
         inputs = torch.from_numpy(images).to(trainer.device).contiguous(memory_format=trainer.memory_format)
-        target = torch.from_numpy(masks).to(trainer.device)
+        target = torch.from_numpy(targets).to(trainer.device)
+        pixel_weights = None if weights is None else torch.from_numpy(weights).to(trainer.device)
         with autocast_context(trainer.device, trainer.precision):
             logits = trainer.model(inputs)
-        loss = segmentation_loss(logits.float(), target, config.loss)
+        loss = segmentation_loss(logits.float(), target, config.loss, pixel_weights)
         trainer.optimizer.zero_grad(set_to_none=True)
         trainer.scaler.scale(loss).backward()
         trainer.scaler.step(trainer.optimizer)
         trainer.scaler.update()
+        if per_step_schedule:
+            trainer.scheduler.step()
         loss_sum += loss.item()
         bar.set_postfix(loss=f"{loss_sum / step:.4f}")
         if time.time() - last_report > 1.0 or step == config.steps_per_epoch:
@@ -444,7 +647,8 @@ def train_one_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epo
             bar.close()
             return None
     bar.close()
-    trainer.scheduler.step()
+    if not per_step_schedule:
+        trainer.scheduler.step()
     return loss_sum / config.steps_per_epoch
 
 
@@ -455,7 +659,7 @@ def save_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epoch: i
         "state_dict": trainer.model.state_dict(),
         "config": config.to_dict(),
         "epoch": epoch,
-        "in_channels": data.dataset.channels,
+        "in_channels": data.in_channels,
         "metrics": metrics,
         "untrained_metrics": progress.untrained,
         "best_validation_f1": progress.best_f1,
@@ -480,7 +684,7 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
     data = prepare_data(config)
     for warning in data.dataset.warnings:  # printed even with --quiet: the data deserves a look
         print(f"warning: {config.dataset}: {warning}", file=sys.stderr, flush=True)
-    trainer = build_trainer(config, data.dataset.channels)
+    trainer = build_trainer(config, data.in_channels, registry)
     progress = resume_or_start(trainer, data, config, run_id, registry, checkpoint_dir / "last.pt")
 
     def report(epoch: int, step: int, **extra: Any) -> None:

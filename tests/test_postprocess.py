@@ -155,7 +155,11 @@ def test_binary_to_instances():
 
 
 def test_registry_lists_every_method_with_its_parameters():
-    assert set(METHODS) == set(PARAMETERS) == {"components", "watershed", "kmeans-watershed"}
+    from core.postprocess import CONTOUR_METHODS
+
+    assert set(METHODS) == {"components", "watershed", "kmeans-watershed"}
+    assert set(CONTOUR_METHODS) == {"seeded-watershed"}
+    assert set(PARAMETERS) == set(METHODS) | set(CONTOUR_METHODS)
     for name, params_type in PARAMETERS.items():
         names = {field.name for field in fields(params_type)}
         assert {"threshold", "fill_holes", "min_size", "connectivity"} <= names, name

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     # 1: pure building blocks (arrays in, arrays out)
     "core.datasets": 1, "core.metrics": 1, "core.model": 1, "core.augment": 1, "core.postprocess": 1,
     "core.predict": 1, "core.checkpoints": 1, "core.stats": 1, "core.user_datasets": 1, "core.starter": 1,
+    "core.targets": 1, "core.preprocess": 1,
     # 2: a model that runs; the run registry; scoring files against truth
     "core.inference": 2, "core.runs": 2, "core.scoring": 2,
     # 3: training, evaluation and the queue that runs them

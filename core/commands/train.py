@@ -7,7 +7,8 @@ import dataclasses
 import json
 
 from core.commands._executor import add_executor_options, ray_options, train_on_ray
-from core.config import AUGMENTATION_LEVELS, DEVICES, LOSSES, LR_SCHEDULES, PRECISIONS, RunConfig
+from core.config import (AUGMENTATION_LEVELS, COLOURS, DEVICES, LOSSES, LR_SCHEDULES, NORMALIZATIONS, PRECISIONS,
+                         TARGETS, RunConfig)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +37,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="channels of the first U-Net level (paper: 64)")
     parser.add_argument("--depth", type=int, default=defaults.depth, help="number of poolings")
     parser.add_argument("--loss", choices=LOSSES, default=defaults.loss)
+    parser.add_argument("--target", choices=TARGETS, default=defaults.target,
+                        help="what the network predicts: the mask, or the mask and every object's outline "
+                             "(for the seeded-watershed post-processing that splits touching objects)")
+    parser.add_argument("--border-weight", type=float, default=defaults.border_weight, metavar="W0",
+                        help="the original U-Net's weight map: gaps between objects weigh up to 1 + W0 "
+                             "(Ronneberger 2015: 10); 0 = off")
+    parser.add_argument("--border-sigma", type=float, default=defaults.border_sigma, metavar="PIXELS",
+                        help="width of the weight map's fall-off (default 5)")
+    parser.add_argument("--foreground-sampling", type=float, default=defaults.foreground_sampling, metavar="SHARE",
+                        help="share of patches centred on a foreground pixel (default 0: uniform)")
+    parser.add_argument("--normalization", choices=NORMALIZATIONS, default=defaults.normalization,
+                        help="per-image intensity normalisation (percentile: 1st and 99.8th to 0 and 1)")
+    parser.add_argument("--colour", choices=COLOURS, default=defaults.colour,
+                        help="keep the channels, average to grey, or grey with bright backgrounds inverted")
+    parser.add_argument("--init-from", metavar="RUN_ID",
+                        help="start from a run's best weights (or a shipped model, e.g. starter-nuclei) "
+                             "instead of a random initialisation; width, depth and target must match")
     parser.add_argument("--lr", dest="learning_rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=defaults.lr_schedule)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -65,22 +83,28 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def run(args: argparse.Namespace) -> int:
     from core.lifecycle import train_then_evaluate
 
+    from core.train import check_init_from
+
+    config = None if args.resume else config_from_args(args)
+    if config is not None:
+        check_init_from(config)  # weights that cannot fit are refused before any run is created
     if ray_options(args) is not None:  # --executor ray: the run trains as a Ray task, followed here
-        return train_on_ray(args, None if args.resume else config_from_args(args))
+        return train_on_ray(args, config)
     options = dict(evaluate=args.evaluate, show_progress=not args.quiet, from_worker=args.from_worker)
     if args.resume:
         outcome = train_then_evaluate(run_id=args.resume, **options)
     else:
-        outcome = train_then_evaluate(config_from_args(args), **options)
+        outcome = train_then_evaluate(config, **options)
     result = outcome.result
     if args.json:
         print(json.dumps(outcome.summary()))
     else:
         v = result.final_metrics
+        start = f"initial weights from {config.init_from}" if config and config.init_from else "untrained model"
         print(f"run {result.run_id}: {outcome.status} after {result.epochs_done} epochs in {result.seconds:.0f} s")
         if v:
             print(f"validation pixel F1 at threshold {RunConfig.threshold}: {v['val_f1']:.4f} "
-                  f"(untrained model: {result.untrained_metrics.get('val_f1', float('nan')):.4f}); "
+                  f"({start}: {result.untrained_metrics.get('val_f1', float('nan')):.4f}); "
                   f"best {result.best_validation_f1:.4f} at epoch {result.best_epoch}")
         if result.stop_reason:
             print(result.stop_reason)
