@@ -21,7 +21,8 @@ from core.paths import PROJECT_ROOT  # noqa: E402
 from core.runs import Registry  # noqa: E402
 
 TINY = dict(dataset="synthetic-nuclei", train_fraction=0.5, augmentation="none", epochs=1, steps_per_epoch=2,
-            batch_size=2, patch_size=64, depth=3, base_width=8, threads=1)
+            batch_size=2, patch_size=64, depth=3, base_width=8, threads=1,
+            precision="fp32")  # fp32 everywhere: our stored scores and the package's are then comparable
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +111,86 @@ def test_export_refuses_a_used_folder_and_an_unknown_run(exported, tmp_path):
                                  capture_output=True, text=True, timeout=300, env={**os.environ, **env})
         assert process.returncode == 2, process.stderr
         assert expected in process.stderr and len(process.stderr.strip().splitlines()) == 1
+
+
+# ---- the package back in, as an external model ---------------------------------------------------
+
+
+def assert_same_scores(ours: dict, theirs: dict) -> None:
+    """Two evaluations of the same network on the same images agree (fp32 kernels differ in the last bits)."""
+    assert theirs["image_names"] == ours["image_names"] and theirs["split_description"] == ours["split_description"]
+    total = sum(ours["pixel"][key] for key in ("tp", "fp", "fn", "tn"))
+    assert sum(theirs["pixel"][key] for key in ("tp", "fp", "fn", "tn")) == total
+    assert abs(theirs["pixel"]["tp"] - ours["pixel"]["tp"]) <= 1e-4 * total
+    assert theirs["pixel"]["f1"] == pytest.approx(ours["pixel"]["f1"], abs=1e-3)
+    assert theirs["curves"]["roc_auc"] == pytest.approx(ours["curves"]["roc_auc"], abs=2e-3)
+    for method, scores in ours["instances"].items():
+        assert theirs["instances"][method]["dsb_map"] == pytest.approx(scores["dsb_map"], abs=0.02)
+        assert abs(theirs["instances"][method]["n_predicted"] - scores["n_predicted"]) <= 2
+
+
+@pytest.mark.parametrize("form", ["package", "onnx"])
+def test_an_exported_model_scores_as_our_run_on_its_split(exported, form):
+    from core.errors import RunError
+    from core.evaluate import evaluate_run
+    from core.external import evaluate_external, load_external_model
+    from core.runs import is_external
+    from core.tables import runs_table
+
+    registry, run_id, result, _ = exported
+    path = result.rdf if form == "package" else result.folder / "weights.onnx"
+    model = load_external_model(path, name=f"exported {form}")
+    external_id, summary = evaluate_external(model, "synthetic-nuclei", "val", seed=0, registry=registry,
+                                             show_progress=False)
+    record = registry.get_run(external_id)
+    assert record.status == "finished" and is_external(record.config)
+    assert record.config.extra["method"] == f"external: exported {form}"
+    ours = registry.get_evaluation(run_id, "val")
+    assert_same_scores(ours, registry.get_evaluation(external_id, "val"))
+    assert summary["external_model"]["format"] == ("bioimage.io" if form == "package" else "onnx")
+
+    # Shown as runs are, with the same named metric columns; the registry check does not ask for checkpoints.
+    table = runs_table([registry.get_run(run_id), record], {run_id: ours, external_id: summary}).set_index("Run")
+    column = "Pixel F1 (Dice) at threshold 0.5"
+    assert table.loc[external_id, column] == pytest.approx(table.loc[run_id, column], abs=1e-3)
+    assert Registry.check(registry.path).ok
+    with pytest.raises(RunError, match="external model"):
+        evaluate_run(external_id, registry=registry, show_progress=False)
+
+
+def test_evaluate_model_command_lists_an_external_run(exported):
+    import os
+
+    _, _, result, base = exported
+    env = {**os.environ, "UNETLAB_CACHE": str(base / "cache"), "UNETLAB_CHECKPOINTS": str(base / "checkpoints")}
+    process = subprocess.run([sys.executable, "-m", "core", "evaluate-model", "--model", str(result.folder / "weights.onnx"),
+                              "--dataset", "synthetic-nuclei", "--split", "val", "--name", "cli-onnx", "--json"],
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert process.returncode == 0, process.stderr[-1000:]
+    line = json.loads(process.stdout.strip().splitlines()[-1])
+    assert line["method"] == "external: cli-onnx" and 0 <= line["headline"]["pixel_f1"] <= 1
+    listed = subprocess.run([sys.executable, "-m", "core", "runs", "list", "--json"], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert line["run_id"] in listed.stdout and "external: cli-onnx" in listed.stdout
+    # A model file that is not a model: one line, exit 2.
+    bad = base / "not-a-model.onnx"
+    bad.write_bytes(b"not onnx")
+    process = subprocess.run([sys.executable, "-m", "core", "evaluate-model", "--model", str(bad),
+                              "--dataset", "synthetic-nuclei"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=120, env=env)
+    assert process.returncode == 2 and "not a readable ONNX model" in process.stderr
+
+
+def test_outputs_are_read_as_probabilities_or_labels():
+    from core.external import ExternalModelError, padded_size, pick_channel, to_probability
+
+    logits = np.array([[[-3.0, 3.0]], [[3.0, -3.0]]], np.float32)  # (K=2, 1, 2)
+    with pytest.raises(ExternalModelError, match="output-channel"):
+        pick_channel(logits, None, "none", "m")
+    foreground = pick_channel(logits, None, "softmax", "m")  # background, foreground as nnU-Net orders them
+    assert foreground[0, 0] > 0.99 and foreground[0, 1] < 0.01
+    with pytest.raises(ExternalModelError, match="--activation sigmoid"):
+        to_probability(logits[0], "none", "m")
+    probability, labels = to_probability(np.array([[0, 2], [2, 5]], np.uint16), "none", "m")
+    assert labels.tolist() == [[0, 2], [2, 5]] and probability.tolist() == [[0, 1], [1, 1]]
+    assert padded_size(250, 8, 8) == 256 and padded_size(5, 8, 8) == 8 and padded_size(256, 16, 16) == 256
