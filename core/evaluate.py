@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from core.metrics import (
     summarize_instance_scores,
 )
 from core.postprocess import METHODS, binary_to_instances, methods_for, postprocess
-from core.runs import Registry, check_run_id
+from core.runs import Registry, check_run_id, is_external
 
 INSTANCE_KEYS = ("dsb_map", "paper_map", "ap50", "precision50", "recall50", "f1_50", "tp50", "fp50", "fn50",
                  "mean_matched_iou")
@@ -78,9 +78,15 @@ def evaluation_images(run_id: str, split_name: str, registry: Registry):
     ``group_pattern``); ``description`` is that Split's sentence (strategy, validation images,
     gap). ``test``: the dataset's official test split, which training never sees.
     """
+    return split_images(registry.get_run(run_id).config, split_name)
+
+
+def split_images(config: Any, split_name: str):
+    """(dataset, indices, description) of the images a run with ``config`` is evaluated on (see
+    :func:`evaluation_images`); an external model given the same dataset, seed and split settings
+    meets exactly these images."""
     from core.datasets import load_dataset, split
 
-    config = registry.get_run(run_id).config
     if split_name == "val":
         dataset = load_dataset(config.dataset, config.root, split="train", size=config.image_size)
         parts = split(dataset, config.train_fraction, config.seed, config.validation_fraction,
@@ -117,13 +123,14 @@ def evaluate_run(
     n_stored_maps : int
         Probability maps kept (float16) for the mask viewers, from the first images.
     """
-    from tqdm import tqdm
-
     from core.inference import load_model, predict_image
 
     check_run_id(run_id)  # the id names the arrays file: refuse a bad one before any work
     registry = registry or Registry()
     record = registry.get_run(run_id)
+    if is_external(record.config):
+        raise RunError(f"run {run_id} is an external model ({record.config.extra.get('method')}), not trained here; "
+                       "score it again with `unetlab evaluate-model`")
     path = record.checkpoint_dir / f"{checkpoint}.pt"
     if not path.exists():
         raise RunError(f"run {run_id} has no {checkpoint}.pt yet (status {record.status})")
@@ -133,18 +140,74 @@ def evaluate_run(
     dataset, indices, split_description = evaluation_images(run_id, split, registry)
     # A mask+contour model is also scored with the methods that use its outline map.
     methods = tuple(methods or methods_for(config.output_channels > 1))
-    membrane = dataset.spec.kind == "membrane"
 
+    def predict(sample: Any, index: int) -> tuple[np.ndarray, None, np.ndarray | None]:
+        prediction = predict_image(loaded, sample.image, source=sample.name)
+        return prediction.probability, None, prediction.contour
+
+    scores, arrays = score_images(dataset, indices, predict, config.threshold, methods, n_stored_maps,
+                                  desc=f"evaluating {run_id} ({split})", show_progress=show_progress)
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "split": split,
+        "split_description": split_description,
+        "dataset": config.dataset,
+        "positive_class": dataset.spec.positive_class,
+        "kind": dataset.spec.kind,
+        "checkpoint": f"{checkpoint}.pt",
+        "epoch": loaded.epoch,
+        **scores,
+    }
+    summary["seconds"] = time.time() - started
+    evaluation = Evaluation(run_id=run_id, split=split, summary=summary, arrays=arrays)
+    if store:
+        registry.save_evaluation(run_id, split, summary, arrays)
+    return evaluation
+
+
+#: What :func:`score_images` calls per image: (sample, dataset index) -> (probability float32 (H, W) in
+#: [0, 1], instance labels int (H, W) or None[, outline probability float32 (H, W) or None]). Labels,
+#: when given, are the model's own objects (a model that outputs label images): every method is then
+#: scored on them instead of post-processing. The optional third item is a mask+contour model's
+#: outline map, which the seeded-watershed method needs.
+Predictor = Callable[[Any, int], tuple[np.ndarray, np.ndarray | None]]
+
+
+def score_images(dataset: Any, indices: list[int], predict: Predictor, threshold: float,
+                 methods: tuple[str, ...] | None = None, n_stored_maps: int = 4, desc: str = "evaluating",
+                 show_progress: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Every score of :func:`evaluate_run` for any predictor on the images ``indices`` of ``dataset``.
+
+    Parameters
+    ----------
+    dataset : core.datasets.Dataset with masks
+    predict : :data:`Predictor`
+    threshold : float, the foreground threshold of the pixel scores and the post-processing
+    methods : post-processing methods for the instance scores (default: all)
+    n_stored_maps : probability maps (float16) and labels kept for the viewers, from the first images
+
+    Returns
+    -------
+    scores : dict
+        The summary's score fields: ``threshold``, ``n_images``, ``image_names``, ``pixel``, ``curves``,
+        ``instances``, ``per_image``, ``metric_names``, ``methods`` (and ``foreground_restricted`` for
+        membrane sets).
+    arrays : dict of ndarray, what :meth:`Registry.save_evaluation` stores beside the summary.
+    """
+    from tqdm import tqdm
+
+    methods = tuple(methods or METHODS)
+    membrane = dataset.spec.kind == "membrane"
     counts = PixelCounts()
     curves = PixelCurveAccumulator()
     per_method = {method: [] for method in methods}
     rand_per_method = {method: [] for method in methods}
     per_image, arrays = [], {}
-    for position, index in enumerate(tqdm(indices, desc=f"evaluating {run_id} ({split})", disable=not show_progress)):
+    for position, index in enumerate(tqdm(indices, desc=desc, disable=not show_progress)):
         sample = dataset[index]
-        prediction = predict_image(loaded, sample.image, source=sample.name)
-        probability = prediction.probability
-        image_counts = pixel_counts(probability, sample.mask, config.threshold)
+        probability, own_labels, *more = predict(sample, index)
+        contour = more[0] if more else None
+        image_counts = pixel_counts(probability, sample.mask, threshold)
         counts = counts + image_counts
         curves.update(probability, sample.mask)
         truth_labels = (sample.instances if sample.instances is not None
@@ -152,8 +215,9 @@ def evaluate_run(
         row = {"name": sample.name, "pixel_f1": image_counts.f1, "pixel_tp": image_counts.tp,
                "pixel_fp": image_counts.fp, "pixel_fn": image_counts.fn, "n_truth_objects": int(truth_labels.max())}
         for method in methods:
-            labels = postprocess(probability, method, contour=prediction.contour, threshold=config.threshold,
-                                 connectivity=dataset.spec.connectivity)
+            labels = (own_labels if own_labels is not None else
+                      postprocess(probability, method, contour=contour, threshold=threshold,
+                                  connectivity=dataset.spec.connectivity))
             scores = instance_scores(truth_labels, labels)
             per_method[method].append(scores)
             row[f"dsb_map[{method}]"] = scores.dsb_map
@@ -172,15 +236,7 @@ def evaluate_run(
     curve_result = curves.result()
     arrays.update({f"curve_{key}": value for key, value in curve_result.to_dict().items()})
     summary: dict[str, Any] = {
-        "run_id": run_id,
-        "split": split,
-        "split_description": split_description,
-        "dataset": config.dataset,
-        "positive_class": dataset.spec.positive_class,
-        "kind": dataset.spec.kind,
-        "checkpoint": f"{checkpoint}.pt",
-        "epoch": loaded.epoch,
-        "threshold": config.threshold,
+        "threshold": threshold,
         "n_images": len(indices),
         "image_names": [dataset[i].name for i in indices],
         "pixel": {
@@ -206,11 +262,7 @@ def evaluate_run(
             method: {key: _nanmean([getattr(r, key) for r in rand_per_method[method]]) for key in RAND_KEYS}
             for method in methods
         }
-    summary["seconds"] = time.time() - started
-    evaluation = Evaluation(run_id=run_id, split=split, summary=summary, arrays=arrays)
-    if store:
-        registry.save_evaluation(run_id, split, summary, arrays)
-    return evaluation
+    return summary, arrays
 
 
 def load_evaluation(run_id: str, split: str = "val", registry: Registry | None = None) -> Evaluation | None:

@@ -184,6 +184,16 @@ class RunRecord:
         }
 
 
+#: The ``extra["method"]`` of a run that scored another tool's model (``unetlab evaluate-model``):
+#: "external: NAME". Such a run has no checkpoints and is never trained.
+EXTERNAL_PREFIX = "external: "
+
+
+def is_external(config: RunConfig) -> bool:
+    """True for a run that holds another tool's model's scores, not a run trained here."""
+    return str((config.extra or {}).get("method", "")).startswith(EXTERNAL_PREFIX)
+
+
 def valid_run_id(run_id: str) -> bool:
     """True when ``run_id`` is safe as a file name: only ``[A-Za-z0-9._-]``, not ``.`` or ``..``."""
     return bool(RUN_ID_PATTERN.fullmatch(run_id or "")) and run_id.strip(".") != ""
@@ -787,7 +797,9 @@ class Registry:
                 report.bad_configs.append((row["id"], str(error.__cause__ or error)[:200]))
                 continue
             needed = []
-            if record.status in ("finished", "evaluating"):
+            if is_external(record.config):
+                pass  # another tool's model, scored here: nothing was trained, no checkpoint to keep
+            elif record.status in ("finished", "evaluating"):
                 needed = ["best.pt", "last.pt"]
             elif record.id in trained:
                 needed = ["last.pt"]

@@ -110,6 +110,26 @@ def format_time(timestamp: float | None) -> str:
     return "" if timestamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
+#: Decimals of every score, loss and rate shown on screen (one rule: tables, captions, figures).
+SCORE_DECIMALS = 3
+#: What a table cell shows for a run that has no stored evaluation (instead of "None").
+NOT_EVALUATED = "not evaluated"
+
+
+def format_score(value: float | None) -> str:
+    """A score, loss or rate with :data:`SCORE_DECIMALS` decimals; ``"not evaluated"`` for None/NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NOT_EVALUATED
+    return f"{float(value):.{SCORE_DECIMALS}f}"
+
+
+def format_count(value: float | None) -> str:
+    """A count with thousands separators (``12,345``); ``"not evaluated"`` for None/NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NOT_EVALUATED
+    return f"{int(round(float(value))):,}"
+
+
 def instance_column(key: str, method: str) -> str:
     """Column name of an instance metric for one post-processing method."""
     return f"{METRIC_NAMES[key]} [{method}]"
@@ -356,9 +376,37 @@ def _fraction(progress: Mapping[str, Any]) -> float:
     return float(min(1.0, max(0.0, done / (epochs * steps))))
 
 
+#: Fields :meth:`RunConfig.label` already names (with the seed), left out of what a run label adds.
+LABEL_FIELDS: tuple[str, ...] = ("dataset", "train_fraction", "augmentation")
+
+
 def run_labels(records: Sequence[Any]) -> dict[str, str]:
-    """Run id -> a short label: its settings and the last 6 characters of its id."""
-    return {record.id: f"{record.config.label()} ({record.id[-6:]})" for record in records}
+    """Run id -> a label that tells the runs apart: dataset, fraction, level and seed, then every
+    setting that differs within ``records`` (e.g. ``"synthetic-nuclei 50% none s0, epochs 2"``).
+
+    Runs with the same label after that (repeats of one setting and seed) get the last 6
+    characters of their id, so no two labels are equal. The full settings are in
+    :func:`run_settings_table`.
+    """
+    varying = varying_fields([record.config for record in records], exclude=LABEL_FIELDS)
+    labels = {}
+    for record in records:
+        values = record.config.to_dict()
+        parts = [_field_text(name, values.get(name)) for name in varying]
+        labels[record.id] = ", ".join([record.config.label(), *parts])
+    counts: dict[str, int] = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {run_id: f"{label} ({run_id[-6:]})" if counts[label] > 1 else label for run_id, label in labels.items()}
+
+
+def run_settings_table(records: Sequence[Any], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Every setting of each run (one row per run, :data:`SETTING_COLUMNS` titles), its label first:
+    what the pages show in an expander beside a run picker."""
+    labels = labels or run_labels(records)
+    rows = [{"Label": labels.get(record.id, record.id), "Run": record.id, **config_columns(record.config)}
+            for record in records]
+    return pd.DataFrame(rows, columns=["Label", "Run", *SETTING_COLUMNS.values()])
 
 
 def status_table(records: Sequence[Any]) -> pd.DataFrame:
@@ -652,12 +700,23 @@ def operating_point(curves: Any, threshold: float) -> dict[str, float]:
             "threshold": float(thresholds[index])}
 
 
+#: What the operating-point table says where no stored threshold is at or above the chosen one.
+NO_POSITIVE = "no positive prediction"
+
+
+def threshold_text(threshold: float) -> str:
+    """A curve point's threshold as text: ``"0.498"``, or :data:`NO_POSITIVE` for the point above
+    every probability (stored as ``inf``: nothing is called positive there)."""
+    return f"{threshold:.{SCORE_DECIMALS}f}" if math.isfinite(threshold) else NO_POSITIVE
+
+
 def operating_points_table(curves_by_run: Mapping[str, Any], threshold: float) -> pd.DataFrame:
-    """The marked operating points as a table (one row per run)."""
+    """The marked operating points as a table (one row per run); the curve point's threshold is
+    text (:func:`threshold_text`), so a point with no positive prediction says so."""
     rows = []
     for label, curves in curves_by_run.items():
         point = operating_point(curves, threshold)
-        rows.append({"Run": label, "Curve point threshold": point["threshold"],
+        rows.append({"Run": label, "Curve point threshold": threshold_text(point["threshold"]),
                      "False positive rate": point["fpr"], "True positive rate (recall)": point["tpr"],
                      "Precision": point["precision"],
                      METRIC_NAMES["roc_auc"]: curves.roc_auc,
@@ -864,3 +923,172 @@ def comparisons_table(comparisons: Sequence[LevelComparison]) -> pd.DataFrame:
             "Sentence": c.sentence(),
         })
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------
+# How tables are shown: one rule for decimals, counts and cells without a value
+# --------------------------------------------------------------------------------------
+
+#: Column-name starts of counts (shown with thousands separators, no decimals).
+COUNT_PREFIXES: tuple[str, ...] = ("Pixel TP", "Pixel FP", "Pixel FN", "Pixel TN", "TP objects", "FP objects",
+                                   "FN objects", "Positive pixels", "Negative pixels", "Validation images",
+                                   "Best epoch", "Budget", "Seeds", "Training images", "Epochs", "Steps per epoch",
+                                   "Objects", "Foreground pixels", "Width", "Height", "Mean object area",
+                                   "Median object area", "Smallest object", "Largest object")
+#: Numeric columns that are settings, not scores: shown as they are (no forced decimals).
+PLAIN_COLUMNS: tuple[str, ...] = ("Train fraction", "Seed", "Model width", "Depth", "Threshold", "Learning rate",
+                                  "Weight decay", "Validation fraction", "Batch size", "Patch size", "Tile size",
+                                  "Image size (0 = native)", "Early stopping patience (0 = off)",
+                                  "Threads (0 = torch's default)", "Foreground share", RUN_TIME_COLUMN)
+
+
+def column_kinds(table: pd.DataFrame) -> dict[str, str]:
+    """Each numeric column's display kind: ``"count"`` (thousands separators), ``"score"``
+    (:data:`SCORE_DECIMALS` decimals) or ``"p"`` (p-values); settings are left out."""
+    kinds = {}
+    for column in table.columns:
+        if not pd.api.types.is_numeric_dtype(table[column]) or pd.api.types.is_bool_dtype(table[column]):
+            continue
+        name = str(column)
+        if name in PLAIN_COLUMNS:
+            continue
+        if name.startswith("p ("):
+            kinds[name] = "p"
+        elif name.startswith(COUNT_PREFIXES):
+            kinds[name] = "count"
+        else:
+            kinds[name] = "score"
+    return kinds
+
+
+def display_table(table: pd.DataFrame, missing: str = NOT_EVALUATED) -> Any:
+    """``table`` as a pandas Styler for the pages: scores with :data:`SCORE_DECIMALS` decimals,
+    counts with thousands separators, p-values as :func:`core.stats.format_p` writes them, and
+    ``missing`` (default "not evaluated") in empty cells, e.g. the metric cells of a run without a
+    stored evaluation (Streamlit would show "None").
+
+    The values stay numbers (the Styler only formats what is shown), so sorting a column in the
+    browser sorts numbers.
+    """
+    from core.stats import format_p
+
+    formats: dict[str, Any] = {}
+    for column, kind in column_kinds(table).items():
+        if kind == "count":
+            formats[column] = lambda value: missing if value != value else format_count(value)
+        elif kind == "p":
+            formats[column] = lambda value: "-" if value is None or value != value else format_p(float(value))
+        else:
+            formats[column] = lambda value: missing if value != value else format_score(value)
+    return table.style.format(formats, na_rep=missing)
+
+
+# --------------------------------------------------------------------------------------
+# Model pickers: each model's validation score and data
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model picker says of one model: its validation pixel F1, on how many images of
+    which data, and the kind of images it was trained on (its dataset's positive class)."""
+
+    key: str
+    label: str
+    score: float | None  # validation pixel F1 (Dice) at the model's threshold; None: not evaluated
+    n_images: int | None
+    data: str
+    kind: str
+
+    def picker_label(self) -> str:
+        """E.g. ``"synthetic-nuclei 50% none s0, epochs 2 · pixel F1 0.812 on 5 validation images of
+        synthetic-nuclei"``."""
+        if self.score is None:
+            return f"{self.label} · not evaluated (trained on {self.data})"
+        images = f"{self.n_images:,} validation images" if self.n_images else "its validation images"
+        return f"{self.label} · pixel F1 {self.score:.{SCORE_DECIMALS}f} on {images} of {self.data}"
+
+
+def model_facts(choices: Sequence[Any], runs_by_id: Mapping[str, Any],
+                summaries: Mapping[str, Mapping[str, Any] | None], kinds: Mapping[str, str]) -> list[ModelFacts]:
+    """One :class:`ModelFacts` per model choice (``core.starter.ModelChoice``).
+
+    Parameters
+    ----------
+    choices : the picker's models (shipped models have keys ``starter:<name>``)
+    runs_by_id : run id -> RunRecord, for the runs among ``choices``
+    summaries : run id -> stored validation evaluation (None: not evaluated)
+    kinds : model key -> kind of images it segments (its data's positive class, e.g. "nucleus")
+    """
+    from core.starter import find_starter
+
+    labels = run_labels([runs_by_id[c.key] for c in choices if c.key in runs_by_id])
+    facts = []
+    for choice in choices:
+        kind = kinds.get(choice.key, choice.config.dataset)
+        if choice.key.startswith("starter:"):
+            model = find_starter(choice.key.split(":", 1)[1])
+            scores = (model.info.get("validation") if model else None) or {}
+            facts.append(ModelFacts(choice.key, choice.label, scores.get("pixel_f1"), scores.get("n_images"),
+                                    choice.config.dataset, kind))
+            continue
+        summary = summaries.get(choice.key)
+        score = summary["pixel"]["f1"] if summary else None
+        run = runs_by_id.get(choice.key)
+        label = labels.get(choice.key, choice.label)
+        if run is not None and run.status != "finished":
+            label = f"{label} ({run.status})"
+        facts.append(ModelFacts(choice.key, label, score, summary.get("n_images") if summary else None,
+                                choice.config.dataset if not choice.config.root
+                                else f"{choice.config.dataset}: {Path(choice.config.root).name}", kind))
+    return facts
+
+
+def default_model(facts: Sequence[ModelFacts], kind: str | None = None) -> str | None:
+    """The key of the best evaluated model for images of ``kind`` (highest validation pixel F1;
+    a shipped model counts with the score of its own validation images), else the first model
+    of that kind, else the first model. None when there is none."""
+    of_kind = [fact for fact in facts if kind is None or fact.kind == kind] or list(facts)
+    scored = [fact for fact in of_kind if fact.score is not None]
+    if scored:
+        return max(scored, key=lambda fact: fact.score).key
+    return of_kind[0].key if of_kind else None
+
+
+# --------------------------------------------------------------------------------------
+# The queue's worker, as the Train page reports it
+# --------------------------------------------------------------------------------------
+
+#: Seconds after a launch (or resume) during which a missing worker counts as starting: the
+#: worker is a new Python process that imports torch before it takes its lock.
+WORKER_START_SECONDS = 20.0
+
+
+def worker_state(queued: int, worker_running: bool, last_start: float | None, now: float) -> str:
+    """``"running"``, ``"idle"`` (nothing queued), ``"starting"`` (runs queued, a worker started
+    less than :data:`WORKER_START_SECONDS` ago) or ``"missing"`` (runs queued, none serves them)."""
+    if worker_running:
+        return "running"
+    if not queued:
+        return "idle"
+    if last_start is not None and now - last_start < WORKER_START_SECONDS:
+        return "starting"
+    return "missing"
+
+
+def model_kinds(choices: Sequence[Any], positive_class: Any) -> dict[str, str]:
+    """Model key -> the kind of images it segments: its dataset's positive class
+    (``positive_class(dataset name)``); a run fine-tuned on a folder (``init_from``) keeps the
+    kind of the model it started from."""
+    by_key = {choice.key: choice for choice in choices}
+
+    def kind(choice: Any, depth: int = 0) -> str:
+        config = choice.config
+        source = getattr(config, "init_from", None) or config.extra.get("init_from")
+        if config.dataset == "folder" and source and depth < 20:
+            parent = by_key.get(source) or by_key.get(f"starter:{source}")
+            if parent is not None:
+                return kind(parent, depth + 1)
+        return str(positive_class(config.dataset))
+
+    return {choice.key: kind(choice) for choice in choices}

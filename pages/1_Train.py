@@ -11,10 +11,12 @@ from core import queue
 from core.config import AUGMENTATION_LEVELS, LOSSES, TRAIN_FRACTION_PRESETS, RunConfig
 from core.datasets import describe_dataset, get_spec, list_datasets
 from core.errors import UNetLabError
-from core.figures import training_curves_figure
+from core.estimate import estimate_grid, samples_from_registry
+from core.figures import live_training_figure
 from core.runs import Registry
 from core.study import check_study_name, configs_for_grid, grid_from_config, parse_seeds, record_study
-from core.tables import dataset_choices, evaluation_state, progress_view
+from core.tables import (dataset_choices, evaluation_state, format_count, format_duration, format_score, progress_view,
+                         worker_state)
 from core.user_datasets import damaged_list_message, load_user_datasets, register_user_dataset
 
 DEFAULTS = RunConfig()
@@ -39,6 +41,15 @@ def augmentation_steps(level: str) -> list[str]:
     from core.augment import describe_level
 
     return describe_level(level)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def throughput_samples(registry_path: str) -> list:
+    """What this machine's finished runs measured (patches per second, validation and fixed
+    seconds), re-read every 30 s."""
+    registry = Registry(registry_path)
+    runs = registry.list_runs(status="finished")
+    return samples_from_registry(runs, {run.id: registry.epochs(run.id) for run in runs})
 
 
 @st.cache_resource
@@ -193,12 +204,27 @@ except UNetLabError as error:
 if configs:
     st.caption(f"{len(configs)} run(s): " + "; ".join(config.label() for config in configs[:6])
                + (" ..." if len(configs) > 6 else ""))
+    estimate = estimate_grid(configs, throughput_samples(str(Registry().path)), int(parallel))
+    first = estimate.runs[0]
+    if estimate.known:
+        per_run = sorted({format_duration(run.seconds) for run in estimate.runs})
+        st.info(f"**Estimated time on this machine: {format_duration(estimate.wall_seconds)}** for "
+                f"{len(configs)} run(s)" + (f" trained {estimate.parallel} at a time" if estimate.parallel > 1 else
+                                             " trained one after another")
+                + f" ({' to '.join(per_run[:1] + per_run[-1:]) if len(per_run) > 1 else per_run[0]} per run: "
+                f"training {format_duration(first.train_seconds)}, validation after each epoch "
+                f"{format_duration(first.validation_seconds)}, start and final evaluation "
+                f"{format_duration(first.fixed_seconds)}).", icon=":material/schedule:")
+        st.caption(f"From measured throughput: {first.basis}.")
+    else:
+        st.info(f"No time estimate yet: {first.basis}.", icon=":material/schedule:")
 if st.button(f"Launch {len(configs)} run(s)", type="primary", disabled=not configs, key="launch"):
     registry = Registry()
     if grid:  # the same kind of study as `python -m core study run`: resumable and reportable there
         record_study(study, grid_from_config(base, fractions, levels, seeds), registry)
     run_ids = queue.enqueue(configs, registry, start_worker=False)
     queue.ensure_worker(registry, max_parallel=int(parallel))
+    st.session_state["worker_started_at"] = time.time()
     st.success(f"Queued {len(run_ids)} run(s); they appear below and train one after another.")
 
 # ---- queue ----------------------------------------------------------------------------------
@@ -206,21 +232,29 @@ if st.button(f"Launch {len(configs)} run(s)", type="primary", disabled=not confi
 st.header("4. Runs")
 
 
+# Button callbacks only change state and leave a message: a callback that drew an element (a
+# toast) inside the fragment would make Streamlit warn on every Cancel and Resume.
 def cancel(run_id: str) -> None:
     try:
         state = queue.cancel(run_id)
-        st.toast(f"{run_id}: {state}")
+        st.session_state["queue_message"] = f"{run_id}: {state}"
     except UNetLabError as error:
-        st.toast(f"Cannot cancel: {error}")
+        st.session_state["queue_message"] = f"Cannot cancel: {error}"
 
 
 def resume(run_id: str) -> None:
     try:
-        queue.resume(run_id)
+        queue.resume(run_id, start_worker=False)
         queue.ensure_worker(max_parallel=int(st.session_state.get("parallel", 1)))
-        st.toast(f"{run_id}: queued again; it continues from its last finished epoch")
+        st.session_state["worker_started_at"] = time.time()
+        st.session_state["queue_message"] = f"{run_id}: queued again; it continues from its last finished epoch"
     except UNetLabError as error:
-        st.toast(f"Cannot resume: {error}")
+        st.session_state["queue_message"] = f"Cannot resume: {error}"
+
+
+def start_worker() -> None:
+    queue.ensure_worker()
+    st.session_state["worker_started_at"] = time.time()
 
 
 @st.fragment(run_every=2)
@@ -230,12 +264,17 @@ def runs_panel() -> None:
     runs = registry.list_runs()
     active = [run for run in runs if run.status in ("queued", "running", "evaluating")]
     ended = [run for run in runs if run.status not in ("queued", "running", "evaluating")]
-    worker = queue.worker_running(registry)
+    if st.session_state.get("queue_message"):
+        st.toast(st.session_state.pop("queue_message"))
+    queued = [run for run in active if run.status == "queued"]
+    # A run queued moments ago (here, in another tab or by `study run`) has a worker on its way.
+    last_start = max([st.session_state.get("worker_started_at", 0.0), *(run.created for run in queued)], default=None)
+    worker = worker_state(len(queued), queue.worker_running(registry), last_start, time.time())
     st.caption(f"{len(active)} queued or running, {len(ended)} ended. Training worker: "
-               f"{'running' if worker else 'idle'}. Updates every 2 s.")
-    if active and not worker and any(run.status == "queued" for run in active):
+               f"{ {'starting': 'starting (a few seconds)'}.get(worker, worker)}. Updates every 2 s.")
+    if worker == "missing":
         st.warning("Runs are queued but no worker serves them.")
-        st.button("Start the worker", key="start_worker", on_click=queue.ensure_worker)
+        st.button("Start the worker", key="start_worker", on_click=start_worker)
     if not runs:
         st.info("No runs yet: launch one above.")
         return
@@ -255,16 +294,20 @@ def runs_panel() -> None:
                     st.code(run.error)
             history = registry.epochs(run.id)
             if run.status == "running" and history:
-                figure = training_curves_figure({run.config.label(): history})
-                figure.update_layout(height=260, showlegend=False, margin={"t": 40, "b": 20})
+                figure = live_training_figure(history, run.progress, run.config.steps_per_epoch)
                 st.plotly_chart(figure, key=f"chart-{run.id}")
+                st.caption("Training loss against the optimiser step (each step faint, smoothed bold, where the "
+                           "training loop records each step; else the mean so far in each epoch); validation loss "
+                           "and pixel F1 (Dice) on the run's validation part after each epoch (step 0: the "
+                           "untrained model). Axes keep to the data's range.")
             elif history:
                 best = max(history[1:] or history, key=lambda epoch: epoch["val_f1"])
                 evaluation = evaluation_state(run, registry.get_evaluation(run.id, "val") is not None)
                 st.caption(f"Best epoch {best['epoch']} of {history[-1]['epoch']}: validation pixel F1 (Dice) at "
-                           f"threshold {run.config.threshold:g} = {best['val_f1']:.4f} "
-                           f"(TP {best['val_tp']:,}, FP {best['val_fp']:,}, FN {best['val_fn']:,} pixels); "
-                           f"untrained model: {history[0]['val_f1']:.4f}. Full evaluation: {evaluation}.")
+                           f"threshold {run.config.threshold:g} = {format_score(best['val_f1'])} "
+                           f"(TP {format_count(best['val_tp'])}, FP {format_count(best['val_fp'])}, "
+                           f"FN {format_count(best['val_fn'])} pixels); untrained model: "
+                           f"{format_score(history[0]['val_f1'])}. Full evaluation: {evaluation}.")
 
 
 runs_panel()

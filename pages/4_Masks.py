@@ -6,14 +6,15 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app_shared import cached_dataset, cached_model, evaluated_runs, stored_maps, stored_summary
+from app_shared import (cached_dataset, cached_model, correction_panel, evaluated_runs, stored_maps,
+                        stored_summary)
 from core.errors import UNetLabError
 from core.metrics import metric_name, pixel_counts
 from core.overlays import (ERROR_COLOURS, display_rgb, error_overlay, label_overlay, mask_overlay,
                            probability_image)
 from core.postprocess import METHODS, postprocess
 from core.runs import Registry
-from core.tables import run_labels
+from core.tables import format_count, format_score, run_labels, run_settings_table
 
 
 @st.cache_data(show_spinner="Predicting...", max_entries=64)
@@ -49,8 +50,11 @@ if not runs:
 labels = run_labels(runs)
 by_id = {run.id: run for run in runs}
 top = st.columns([3, 3, 1, 1])
-run_id = top[0].selectbox("Run", list(labels), format_func=labels.get, key="mask_run")
+run_id = top[0].selectbox("Run", list(labels), format_func=labels.get, key="mask_run",
+                          help="Labels name what differs between the runs; every setting is in the expander below.")
 run = by_id[run_id]
+with st.expander("Every setting of this run"):
+    st.dataframe(run_settings_table([run], labels), hide_index=True, width="stretch")
 config = run.config
 summary = stored_summary(str(registry.path), run_id, run.finished)
 maps = stored_maps(str(registry.path), run_id, run.finished)
@@ -62,6 +66,11 @@ indices = sorted(maps)
 index = top[1].selectbox("Validation image", indices, format_func=lambda i: f"{dataset.names[i]} (#{i})",
                          key="mask_image")
 threshold = top[2].slider("Threshold", 0.01, 0.99, float(config.threshold), 0.01, key="mask_threshold")
+n_validation = int(summary.get("n_images") or len(indices))
+if len(indices) < n_validation:
+    st.caption(f"{len(indices)} of the run's {n_validation} validation images are offered: the evaluation stores the "
+               f"probability maps of its first {len(indices)} only, to keep the registry small (the scores count all "
+               f"{n_validation}). `python -m core predict` segments any image, and the Segment page any upload.")
 opacity = top[3].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="mask_opacity")
 
 sample = dataset[index]
@@ -71,10 +80,11 @@ counts = pixel_counts(probability, sample.mask, threshold)
 st.caption(f"{config.dataset} image {sample.name}: in this run's validation part ({summary['split_description']}); "
            f"best checkpoint, epoch {summary['epoch']}. Positive class: {summary.get('positive_class', '')}.")
 st.markdown(
-    f"On this image: {metric_name('pixel_f1', threshold)} = **{counts.f1:.4f}**; "
-    f"{metric_name('pixel_precision', threshold)} = {counts.precision:.4f}; "
-    f"{metric_name('pixel_recall', threshold)} = {counts.recall:.4f} "
-    f"(TP {counts.tp:,}, FP {counts.fp:,}, FN {counts.fn:,}, TN {counts.tn:,} pixels)."
+    f"On this image: {metric_name('pixel_f1', threshold)} = **{format_score(counts.f1)}**; "
+    f"{metric_name('pixel_precision', threshold)} = {format_score(counts.precision)}; "
+    f"{metric_name('pixel_recall', threshold)} = {format_score(counts.recall)} "
+    f"(TP {format_count(counts.tp)}, FP {format_count(counts.fp)}, FN {format_count(counts.fn)}, "
+    f"TN {format_count(counts.tn)} pixels)."
 )
 images = st.columns(4)
 images[0].image(display_rgb(sample.image), caption="image", width="stretch")
@@ -99,6 +109,25 @@ for column, method in zip(method_columns[1:], METHODS):
     labels_image = instances(probability, method, threshold, dataset.spec.connectivity)
     column.image(label_overlay(sample.image, labels_image, opacity),
                  caption=f"{method}: {int(labels_image.max())} objects", width="stretch")
+
+# ---- correct the prediction and fine-tune ---------------------------------------------------------
+
+st.header("Correct this prediction and fine-tune")
+
+
+def training_pairs() -> tuple[list, list, list]:
+    """The run's training images, masks (instances where the data has them) and names."""
+    train = training_indices(config.dataset, config.root, config.image_size, config.train_fraction, config.seed,
+                             config.validation_fraction, config.split_strategy, config.group_pattern)
+    samples = [dataset[i] for i in train]
+    return ([s.image for s in samples], [s.instances if s.instances is not None else s.mask for s in samples],
+            [s.name for s in samples])
+
+
+with st.expander(f"Correct the 'components' instances of {sample.name} at threshold {threshold:g}", expanded=False):
+    correction_panel(sample.image, instances(probability, "components", threshold, dataset.spec.connectivity),
+                     sample.name, run_id, config, dataset.channels, training_pairs, prefix="masks-fix",
+                     connectivity=dataset.spec.connectivity)
 
 # ---- the same image across runs --------------------------------------------------------------
 
@@ -132,6 +161,6 @@ if chosen:
         other_counts = pixel_counts(other_probability, sample.mask, threshold)
         columns[position % len(columns)].image(
             error_overlay(sample.image, sample.mask, other_probability >= threshold, opacity),
-            caption=f"{labels[other_id]}: pixel F1 {other_counts.f1:.3f} (TP {other_counts.tp:,}, "
-                    f"FP {other_counts.fp:,}, FN {other_counts.fn:,}){note}",
+            caption=f"{labels[other_id]}: pixel F1 {format_score(other_counts.f1)} (TP {format_count(other_counts.tp)}, "
+                    f"FP {format_count(other_counts.fp)}, FN {format_count(other_counts.fn)}){note}",
             width="stretch")

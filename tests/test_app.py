@@ -51,6 +51,20 @@ def wait_until(condition, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
+def plotly_values(values) -> list:
+    """A plotly JSON array: a list, or plotly 6's ``{"dtype", "bdata"}`` binary form."""
+    if isinstance(values, dict) and "bdata" in values:
+        import base64
+
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=np.dtype(values["dtype"])).tolist()
+    return list(values or [])
+
+
+def marker_points(spec: dict) -> int:
+    """The points drawn as markers in a plotly figure's JSON (the learning curve's runs)."""
+    return sum(len(plotly_values(trace.get("x"))) for trace in spec["data"] if trace.get("mode") == "markers")
+
+
 def test_there_are_at_least_five_pages():
     assert len(PAGE_FILES) >= 6 and PAGE_FILES[0] == "app.py"
 
@@ -243,9 +257,16 @@ def test_compare_shows_the_run_with_named_metrics(with_run):
     assert table.loc[0, METRIC_NAMES["roc_auc"]] == evaluation["curves"]["roc_auc"]
     assert at.get("download_button"), "CSV download offered"
     charts = at.get("plotly_chart")
-    assert len(charts) == 2  # the grid heatmap and the training curves
+    assert len(charts) == 3  # the grid heatmap, the training curves and the learning curve
     heatmap = json.loads(charts[0].proto.spec)["data"][0]
-    assert heatmap["type"] == "heatmap" and heatmap["text"][0][0].endswith("n = 1")
+    assert heatmap["type"] == "heatmap" and "n = 1" in heatmap["text"][0][0]
+    assert "best" in heatmap["text"][0][0] and "zmin" not in heatmap  # the only cell is the best one
+    at.checkbox(key="grid_zero_to_one").check().run()
+    assert_clean(at)
+    heatmap = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert (heatmap["zmin"], heatmap["zmax"]) == (0, 1)
+    learning = json.loads(at.get("plotly_chart")[2].proto.spec)
+    assert marker_points(learning) == 1
 
 
 def test_curves_shows_the_run_with_auc_and_ap(with_run):
@@ -330,3 +351,198 @@ def test_compare_shows_a_saved_study_table_without_its_registry(tmp_path, monkey
 
     at.selectbox(key="saved_table").set_value("docs/notes.csv").run()
     assert "not a study table" in at.error[0].value and "Dataset" in at.error[0].value
+
+
+# ---- round two (#16): two runs that differ only in epochs -----------------------------------------
+
+
+def tiff_stack(planes: int = 5, shape=(64, 48)) -> bytes:
+    import tifffile
+
+    buffer = io.BytesIO()
+    stack = (np.random.default_rng(1).random((planes, *shape)) * 255).astype(np.uint8)
+    tifffile.imwrite(buffer, stack)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two tiny runs (CLI) that differ only in epochs (1 and 2), finished and evaluated."""
+    import subprocess
+    import sys
+
+    base = tmp_path_factory.mktemp("app-two-runs")
+    env = {"UNETLAB_CACHE": str(base / "cache"), "UNETLAB_CHECKPOINTS": str(base / "checkpoints")}
+    for epochs in (1, 2):
+        subprocess.run([sys.executable, "-m", "core", "train", "--dataset", "synthetic-nuclei", "--train-fraction",
+                        "0.5", "--augmentation", "none", "--epochs", str(epochs), "--steps-per-epoch", "2",
+                        "--batch-size", "2", "--patch-size", "64", "--depth", "3", "--width", "8", "--threads", "1",
+                        "--quiet"], cwd=PROJECT_ROOT, env={**os.environ, **env}, check=True, capture_output=True)
+    return env
+
+
+@pytest.fixture
+def with_two_runs(two_runs, monkeypatch):
+    for key, value in two_runs.items():
+        monkeypatch.setenv(key, value)
+    return two_runs
+
+
+def run_options(at: AppTest) -> list[list[str]]:
+    """The options of every picker that names runs."""
+    import re
+
+    named = re.compile(r"synthetic-nuclei \d+%")
+    return [[str(o) for o in widget.options or []] for widget in [*at.selectbox, *at.multiselect]
+            if any(named.search(str(o)) for o in widget.options or [])]
+
+
+@pytest.mark.parametrize("page", ["pages/2_Compare.py", "pages/3_Curves.py", "pages/4_Masks.py", "pages/5_Segment.py"])
+def test_run_labels_say_what_differs(with_two_runs, page):
+    at = app(page).run()
+    assert_clean(at)
+    pickers = run_options(at)
+    assert pickers, "the page has a run picker"
+    for options in pickers:
+        runs = [option for option in options if "synthetic-nuclei " in option]
+        assert len(runs) == len(set(runs)) == 2, runs
+        assert any("epochs 1" in option for option in runs) and any("epochs 2" in option for option in runs)
+    if page != "pages/5_Segment.py":
+        assert any("Every setting" in expander.label for expander in at.expander)
+
+
+def test_train_page_estimates_the_time_from_measured_runs(with_two_runs):
+    at = app("pages/1_Train.py").run()
+    at.number_input(key="epochs").set_value(2)
+    at.selectbox(key="base_width").set_value(8)
+    for key in ("steps_per_epoch", "batch_size", "patch_size", "depth"):
+        at.number_input(key=key).set_value(TINY[key])
+    at.run()
+    assert_clean(at)
+    (estimate,) = [info.value for info in at.info if "Estimated time" in info.value]
+    assert "for 1 run(s)" in estimate
+    assert any("measured by 2 run(s) at width 8, depth 3, patch 64, batch 2" in c.value for c in at.caption)
+    # The estimate against the measured 2-epoch run (same settings): within a factor of 2.
+    from core.estimate import estimate_run, samples_from_registry
+    from core.config import RunConfig
+
+    registry = Registry()
+    runs = registry.list_runs(status="finished")
+    samples = samples_from_registry(runs, {run.id: registry.epochs(run.id) for run in runs})
+    config = RunConfig(dataset="synthetic-nuclei", train_fraction=0.5, augmentation="none", epochs=2, base_width=8,
+                       **{k: v for k, v in TINY.items() if k != "epochs"})
+    (actual,) = [run.finished - run.started for run in runs if run.config.epochs == 2]
+    assert 0.5 < estimate_run(config, samples).seconds / actual < 2.0
+    at.radio(key="mode").set_value("A grid: training fractions x augmentation levels x seeds").run()
+    assert any("for 16 run(s)" in info.value for info in at.info)  # 4 fractions x 4 levels, one seed
+
+
+def test_train_page_waits_for_a_starting_worker_before_warning(monkeypatch):
+    from core import queue, tables
+
+    monkeypatch.setattr(queue, "ensure_worker", lambda *args, **kwargs: False)  # a worker that never comes
+    at = app("pages/1_Train.py").run()
+    for key, value in TINY.items():
+        at.number_input(key=key).set_value(value)
+    at.button(key="launch").click().run()
+    assert_clean(at)
+    assert not any("no worker serves" in warning.value for warning in at.warning)
+    assert any("Training worker: starting" in caption.value for caption in at.caption)
+    monkeypatch.setattr(tables, "WORKER_START_SECONDS", 0.0)  # the grace period is over
+    at.run()
+    assert any("no worker serves" in warning.value for warning in at.warning)
+
+
+def test_segment_defaults_to_the_best_model_and_shows_scores(with_two_runs):
+    from core.tables import default_model, model_facts
+
+    at = app("pages/5_Segment.py").run()
+    assert_clean(at)
+    picker = at.selectbox(key="segment_run")
+    assert all("pixel F1" in option for option in picker.options), picker.options
+    registry = Registry()
+    runs = registry.list_runs()
+    scores = {run.id: registry.get_evaluation(run.id)["pixel"]["f1"] for run in runs}
+    from core.starter import starter_models
+
+    shipped = {f"starter:{m.name}": m.info["validation"]["pixel_f1"] for m in starter_models()}
+    best = max({**scores, **shipped}.items(), key=lambda item: item[1])[0]
+    assert picker.value == best
+    # A colour image into a model trained on grey synthetic nuclei: warned.
+    grey_run = max(runs, key=lambda run: run.config.epochs).id
+    at.selectbox(key="segment_run").set_value(grey_run).run()
+    rgb = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((96, 80, 3)) * 255).astype(np.uint8)).save(rgb, format="PNG")
+    at.file_uploader(key="upload").set_value([("tissue.png", rgb.getvalue(), "image/png")]).run()
+    assert_clean(at)
+    assert any("differs clearly" in w.value and "channels" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
+def test_segment_takes_several_files_and_a_stack(with_run):
+    at = app("pages/5_Segment.py").run()
+    files = [(f"cells{i}.png", png_bytes((96 + 8 * i, 80)), "image/png") for i in range(3)]
+    files.append(("stack.tif", tiff_stack(5), "image/tiff"))
+    at.file_uploader(key="upload").set_value(files).run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    planes = [w for w in at.multiselect if w.label.startswith("Planes of the stack stack.tif (5 planes")]
+    assert planes and planes[0].value == [0, 1, 2, 3, 4]
+    table = at.dataframe[0].value
+    assert list(table["File"]) == ["cells0.png", "cells1.png", "cells2.png", *["stack.tif"] * 5]
+    assert list(table["Plane"]) == ["", "", "", "0", "1", "2", "3", "4"]
+    assert any(button.proto.label.startswith("Download all as one zip (8 masks")
+               for button in at.get("download_button"))
+    assert len(at.get("image")) >= 8 + 3  # the gallery, then the detail view
+    planes[0].set_value([2]).run()
+    assert_clean(at)
+    assert len(at.dataframe[0].value) == 4
+
+
+def test_segment_names_a_bad_stack_by_its_file(with_run):
+    at = app("pages/5_Segment.py").run()
+    broken = tiff_stack(5)[:300]  # a header, then nothing
+    at.file_uploader(key="upload").set_value([("broken.tif", broken, "image/tiff")]).run()
+    assert_clean(at)
+    assert at.error and all("broken.tif" in e.value for e in at.error)
+    assert not any("<uploaded bytes>" in e.value or "given as bytes" in e.value for e in at.error)
+
+
+def test_curves_operating_points_never_show_infinity(with_run):
+    at = app("pages/3_Curves.py").run()
+    at.slider(key="threshold").set_value(0.99).run()
+    assert_clean(at)
+    thresholds = list(at.dataframe[0].value["Curve point threshold"])
+    assert all(isinstance(t, str) and "inf" not in t.lower() for t in thresholds), thresholds
+
+
+def test_masks_page_says_why_it_offers_fewer_images(with_run):
+    at = app("pages/4_Masks.py").run()
+    assert_clean(at)
+    assert any("4 of the run's 5 validation images are offered" in c.value for c in at.caption)
+
+
+def test_masks_page_corrects_saves_and_queues_a_fine_tuning_run(with_run, monkeypatch, tmp_path):
+    from core import queue
+
+    monkeypatch.setattr(queue, "ensure_worker", lambda *args, **kwargs: False)  # queue only
+    monkeypatch.setenv("UNETLAB_CACHE", str(tmp_path / "cache"))  # a fresh registry for the new run...
+    import shutil
+
+    shutil.copytree(with_run["env"]["UNETLAB_CACHE"], tmp_path / "cache")  # ...holding the trained run
+    at = app("pages/4_Masks.py").run()
+    delete = at.multiselect(key="masks-fix-delete")
+    if delete.options:
+        delete.set_value([delete.options[0]])
+    at.button(key="masks-fix-save").click().run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    assert any("registered as 'corrections: corrections-synthetic-nuclei'" in s.value for s in at.success)
+    folder = tmp_path / "cache" / "corrections" / "corrections-synthetic-nuclei"
+    assert len(list((folder / "masks").glob("fix-*.png"))) == 1 and len(list((folder / "images").glob("*.png"))) > 2
+    at.button(key="masks-fix-tune").click().run()
+    assert_clean(at)
+    tuned = [run for run in Registry().list_runs() if run.config.dataset == "folder"]
+    assert len(tuned) == 1 and tuned[0].status == "queued"
+    config = tuned[0].config
+    assert (getattr(config, "init_from", None) or config.extra.get("init_from")) == with_run["run_id"]
+    assert config.root == str(folder) and config.base_width == 8 and config.depth == 3

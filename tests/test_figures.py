@@ -106,3 +106,49 @@ def test_learning_curve_figure_shows_means_over_seeds_and_the_fit():
     fit = figure.data[1]
     assert fit.mode == "lines" and fit.y[0] == pytest.approx(curve.predict(3))
     assert figure.layout.xaxis.type == "log"
+
+
+# ---- round two (#16): marked heatmap cells, a fixed scale, live curves, axes that keep to the data -----
+
+
+def test_grid_heatmap_marks_the_best_cell_and_its_equals_and_can_fix_the_scale():
+    grid = grid_summary(grid_table(), "F1")
+    figure = figures.grid_heatmap(grid, best=("none", 0.5), near=[("light", 0.1)], zero_to_one=True)
+    text = figure.data[0].text
+    assert text[0][1].startswith("<b>") and "best" in text[0][1]
+    assert text[1][0].endswith("≈ best")
+    assert (figure.data[0].zmin, figure.data[0].zmax) == (0.0, 1.0)
+    assert len(figure.layout.shapes) == 2 and figure.layout.shapes[1].line.dash == "dash"
+    plain = figures.grid_heatmap(grid)
+    assert plain.data[0].zmin is None and not plain.layout.shapes
+
+
+def test_data_range_keeps_to_the_data():
+    assert figures.data_range([0.2, 0.4], 0.0, 1.0) == pytest.approx([0.184, 0.416])
+    assert figures.data_range([0.5], 0.0, 1.0) == pytest.approx([0.46, 0.54])
+    assert figures.data_range([0.0, 1.0], 0.0, 1.0) == [0.0, 1.0]
+    assert figures.data_range([]) is None
+
+
+def test_live_figure_streams_step_losses_and_falls_back_to_running_means():
+    history = [{"epoch": 0, "val_loss": 0.7, "val_f1": 0.1},
+               {"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_f1": 0.3, "step_losses": [0.6, 0.5, 0.4]}]
+    progress = {"epoch": 2, "step": 2, "phase": "training", "train_loss": 0.35, "step_losses": [0.38, 0.32]}
+    steps, losses, kind = figures.step_losses(history, progress, 3)
+    assert (steps, losses, kind) == ([1, 2, 3, 4, 5], [0.6, 0.5, 0.4, 0.38, 0.32], "per step")
+    figure = figures.live_training_figure(history, progress, 3)
+    assert len(figure.data[0].x) == 5 and figure.data[1].name.startswith("smoothed")
+    f1_axis = figure.layout.yaxis3.range
+    assert 0 <= f1_axis[0] < 0.1 and 0.3 < f1_axis[1] < 0.35  # not -0.5 to 1
+    # Without per-step losses: each epoch's mean, and the first epoch's running mean while it trains.
+    steps, losses, kind = figures.step_losses(history[:1], {"epoch": 1, "step": 7, "phase": "training",
+                                                            "train_loss": 0.52}, 25)
+    assert (steps, losses, kind) == ([7], [0.52], "mean per epoch")
+    assert figures.smoothed([1.0, 0.0], 0.5) == pytest.approx([1.0, 1 / 3])
+
+
+def test_training_curves_keep_the_f1_axis_to_the_data():
+    figure = figures.training_curves_figure({"a": [{"epoch": 0, "val_f1": 0.2, "val_loss": 0.7},
+                                                   {"epoch": 1, "val_f1": 0.25, "val_loss": 0.6, "train_loss": 0.65}]})
+    low, high = figure.layout.yaxis3.range
+    assert 0.19 < low < 0.2 and 0.25 < high < 0.26

@@ -33,6 +33,8 @@ LAYERS: dict[str, int] = {
     "core.ray_executor": 3,
     # 4: studies, and what is shown of runs: tables, figures, overlays
     "core.study": 4, "core.tables": 4, "core.figures": 4, "core.overlays": 4, "core.segment": 4,
+    "core.export": 4, "core.external": 4,
+    "core.estimate": 4, "core.corrections": 4,
     # 5: the report built from all of the above
     "core.report": 5,
     # 6: the command line

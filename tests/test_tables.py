@@ -214,3 +214,57 @@ def test_a_saved_table_keeps_its_settings_apart():
     assert tables.variation_text(table) == "varies: epochs (3, 6)"  # the device is bookkeeping
     grid = tables.grid_summary(table, f1)
     assert grid.count.iloc[:, 0].tolist() == [2, 1] and grid.mean.iloc[0, 0] == pytest.approx(0.71)
+
+
+# ---- round two (#16): labels, display rules, operating points, models, the worker ---------------
+
+
+def test_run_labels_name_what_differs_and_stay_distinct():
+    runs = [record("a00001", epochs=1), record("a00002", epochs=2), record("b00003", epochs=2)]
+    labels = tables.run_labels(runs)
+    assert labels["a00001"] == "synthetic-nuclei 50% light s0, epochs 1"
+    assert labels["a00002"] == "synthetic-nuclei 50% light s0, epochs 2 (a00002)"  # a repeat: the id tells
+    assert len(set(labels.values())) == 3
+    assert tables.run_labels([record("x")]) == {"x": "synthetic-nuclei 50% light s0"}
+    settings = tables.run_settings_table(runs)
+    assert list(settings["Epochs"]) == [1, 2, 2] and list(settings["Label"]) == list(labels.values())
+
+
+def test_display_table_says_not_evaluated_and_uses_one_rule_for_numbers():
+    table = tables.runs_table([record("r1"), record("r2")], {"r1": summary(f1=0.81234), "r2": None})
+    table.loc[0, tables.metric_name("pixel_tp", 0.5)] = 1234567
+    html = tables.display_table(table).to_html()
+    assert "not evaluated" in html and "None" not in html and "nan" not in html
+    assert "0.812" in html and "0.8123" not in html  # scores: 3 decimals
+    assert "1,234,567" in html  # counts: thousands separators
+    kinds = tables.column_kinds(table)
+    assert kinds[METRIC_NAMES["roc_auc"]] == "score" and kinds["Validation images"] == "count"
+    assert "Train fraction" not in kinds and "Seed" not in kinds
+
+
+def test_operating_points_say_no_positive_prediction_instead_of_infinity():
+    rng = np.random.default_rng(0)
+    curves = curves_of(rng.random((32, 32)) * 0.4, rng.random((32, 32)) > 0.5)  # no probability >= 0.5
+    table = tables.operating_points_table({"low": curves}, 0.9)
+    assert table.loc[0, "Curve point threshold"] == tables.NO_POSITIVE
+    assert tables.threshold_text(0.49812) == "0.498"
+
+
+def test_model_facts_and_the_default_model():
+    from core.starter import ModelChoice
+
+    runs = {"r1": record("r1", epochs=1), "r2": record("r2", epochs=2)}
+    choices = [ModelChoice(key, key, Path("/nonexistent"), runs[key].config, "") for key in runs]
+    kinds = tables.model_kinds(choices, lambda dataset: "nucleus")
+    facts = tables.model_facts(choices, runs, {"r1": summary(f1=0.9), "r2": None}, kinds)
+    assert "pixel F1 0.900 on 5 validation images of synthetic-nuclei" in facts[0].picker_label()
+    assert "not evaluated" in facts[1].picker_label()
+    assert tables.default_model(facts, "nucleus") == "r1"
+    assert tables.default_model(facts, "mitochondrion") == "r1"  # no model of that kind: the best of all
+
+
+def test_worker_state_gives_a_starting_worker_time():
+    assert tables.worker_state(0, False, None, 100.0) == "idle"
+    assert tables.worker_state(2, True, None, 100.0) == "running"
+    assert tables.worker_state(2, False, 95.0, 100.0) == "starting"
+    assert tables.worker_state(2, False, 50.0, 100.0) == "missing"
