@@ -54,6 +54,13 @@ TRIALS: dict[str, dict] = {
 }
 
 
+#: The CSV's columns: every method's scores, whichever a trial can use (empty where it cannot).
+FIELDS = ["trial", "dataset", "run", "settings", "steps", "train_minutes", "total_minutes", "patches_per_second",
+          "best_epoch", "pixel_f1", "membrane_f1",
+          *(f"{key}[{method}]" for method in ("components", "watershed", "kmeans-watershed", "seeded-watershed")
+            for key in ("dsb_map", "recall50"))]
+
+
 def run_trial(dataset: str, root: str | None, name: str, threads: int | None, epochs: int | None) -> dict:
     from core.config import RunConfig
     from core.evaluate import evaluate_run
@@ -107,7 +114,7 @@ def main() -> None:
             path = Path(args.out)
             new = not path.exists()
             with path.open("a", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(row), extrasaction="ignore")
+                writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
                 if new:
                     writer.writeheader()
                 writer.writerow(row)

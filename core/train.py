@@ -243,8 +243,9 @@ def validate(
     """
     from core.metrics import PixelCounts, pixel_counts
 
-    loaded = LoadedModel(model=model, config=config, channels=dataset.channels, epoch=0, device=device,
-                         precision=precision)
+    # The network's own input channels: a colour dataset trained in grey (config.colour) has 1.
+    loaded = LoadedModel(model=model, config=config, channels=getattr(model, "in_channels", dataset.channels),
+                         epoch=0, device=device, precision=precision)
     counts = PixelCounts()
     loss_sum, pixel_count = 0.0, 0
     for index in indices:

@@ -100,3 +100,11 @@ def test_a_mask_model_has_no_contour_and_predict_refuses_seeded_watershed_alone(
                  str(tmp_path / "out"), "--instances", "all"]) == 0
     manifest = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert "seeded-watershed" not in manifest["methods"] and "watershed" in manifest["methods"]
+
+
+def test_a_colour_dataset_trains_in_grey_with_dark_backgrounds(capsys, dsb2018_root):
+    result = train(capsys, "--dataset", "dsb2018", "--root", str(dsb2018_root), "--image-size", "64", "--width", "8",
+                   "--colour", "grey-dark-background", "--normalization", "percentile", "--target", "mask+contour")
+    checkpoint = load_checkpoint(Registry().get_run(result["run_id"]).best_checkpoint)
+    assert checkpoint["in_channels"] == 1  # DSB images are RGB; the network sees grey
+    assert "dsb_map[seeded-watershed]" in result["evaluation"]
