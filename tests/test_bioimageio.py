@@ -99,6 +99,19 @@ def test_onnx_and_torchscript_give_our_outputs(exported):
     assert "bioimageio.core" in result.converted_by["torchscript"]
 
 
+def test_the_package_zips_for_a_download(exported):
+    import io
+    import zipfile
+
+    from core.export import zip_folder
+
+    _, _, result, _ = exported
+    with zipfile.ZipFile(io.BytesIO(zip_folder(result.folder))) as archive:
+        names = set(archive.namelist())
+        assert {"rdf.yaml", "weights.pt", "weights.onnx", "test_input.npy", "cover.png"} <= names
+        assert archive.read("rdf.yaml") == result.rdf.read_bytes()
+
+
 def test_export_refuses_a_used_folder_and_an_unknown_run(exported, tmp_path):
     _, run_id, result, base = exported
     env = {"UNETLAB_CACHE": str(base / "cache"), "UNETLAB_CHECKPOINTS": str(base / "checkpoints")}
