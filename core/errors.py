@@ -49,3 +49,7 @@ class RegistryError(RunError):
 class DatasetWarning(UserWarning):
     """Data that loads but deserves a look (all-empty masks, constant images, 1x1 images, files
     skipped, pages read as colour channels); loaders collect them into ``Dataset.warnings``."""
+
+
+class TrackingWarning(UserWarning):
+    """A run could not be mirrored to MLflow (``UNETLAB_MLFLOW_URI``); the run itself is unaffected."""

@@ -595,3 +595,26 @@ def compare_formats(folder: Path) -> dict[str, float]:
         script_output = scripted(torch.from_numpy(inputs)).numpy()
     return {"onnx": float(np.abs(onnx_output - expected).max()),
             "torchscript": float(np.abs(script_output - expected).max())}
+
+
+def zip_folder(folder: str | Path) -> bytes:
+    """A package folder as the bytes of a ``.zip`` holding its files at the top level (the form
+    deepImageJ, ilastik and bioimage.io uploads take)."""
+    import io
+    import zipfile
+
+    folder = Path(folder)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, str(path.relative_to(folder)))
+    return buffer.getvalue()
+
+
+def package_zip(run_id: str, registry: Registry | None = None, validate: bool = True) -> tuple[bytes, ExportResult]:
+    """Export run ``run_id`` into a temporary folder and return the package as ``.zip`` bytes with
+    the :class:`ExportResult` (a page's download button: ``st.download_button(data=...)``)."""
+    with tempfile.TemporaryDirectory(prefix="unetlab-package-") as temporary:
+        result = export_run(run_id, Path(temporary) / "package", registry=registry, validate=validate)
+        return zip_folder(result.folder), result

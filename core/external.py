@@ -19,6 +19,12 @@ The output is one channel (``output_channel``) of the first output: a probabilit
 (after ``activation``, for a model that outputs logits), or an integer label image, whose labels
 are then the objects scored under every post-processing method name and whose ``labels > 0`` is
 the mask.
+
+A **folder of label images** (what Cellpose, StarDist, nnU-Net or Fiji wrote for the images
+:func:`write_split_images` exported) is a "model" too: each image's labels are looked up by its
+name (``NAME.png``/``.tif``, also ``NAME_cp_masks``, ``NAME_masks``, ``NAME_labels``), so another
+tool's results are stored as an external run exactly like a model run here. A label image with
+only two values is a mask: its objects are its connected components, by the dataset's rule.
 """
 
 from __future__ import annotations
@@ -52,14 +58,14 @@ class ExternalModel:
     source : the file or folder it was loaded from
     kind : "bioimage.io" or "onnx"
     details : what was used (weight format, output, channel), stored with the evaluation
-    predict : native (H, W, C) image -> (probability float32 (H, W) in [0, 1], labels int (H, W) or None)
+    predict : (native (H, W, C) image, its name) -> (probability float32 (H, W) in [0, 1], labels int (H, W) or None)
     """
 
     name: str
     source: str
     kind: str
     details: dict[str, Any]
-    predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+    predict: Callable[[np.ndarray, str], tuple[np.ndarray, np.ndarray | None]]
     close: Callable[[], None] = field(default=lambda: None)
 
 
@@ -204,7 +210,7 @@ def load_bioimageio(path: Path, name: str | None, weights: str | None, output_ch
             return padded_size(size, spec_size.min, spec_size.step)
         return size  # a size that refers to another tensor: the image's own
 
-    def predict(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(image: np.ndarray, _name: str = "") -> tuple[np.ndarray, np.ndarray | None]:
         import xarray
 
         from bioimageio.core.digest_spec import create_sample_for_model
@@ -272,7 +278,7 @@ def load_onnx(path: Path, name: str | None, output_channel: int | None, activati
         raise ExternalModelError(f"{path}: its input has a fixed size {shape[2]} x {shape[3]}; export it with "
                                  "dynamic height and width")
 
-    def predict(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(image: np.ndarray, _name: str = "") -> tuple[np.ndarray, np.ndarray | None]:
         height, width = image.shape[:2]
         floats = as_channels(to_float(image), channels, source)
         padded = pad_image(floats, -(-height // size_multiple) * size_multiple, -(-width // size_multiple) * size_multiple)
@@ -289,9 +295,94 @@ def load_onnx(path: Path, name: str | None, output_channel: int | None, activati
     return ExternalModel(name=name or path.stem, source=source, kind="onnx", details=details, predict=predict)
 
 
+#: Suffixes other tools add to an image's name for its labels (Cellpose, common conventions).
+LABEL_SUFFIXES = ("_cp_masks", "_masks", "_labels", "_label", "_mask", "_pred", "_0000")
+
+
+def label_files(folder: Path) -> dict[str, Path]:
+    """Image name -> label file of a folder of label images, the suffixes of :data:`LABEL_SUFFIXES`
+    removed (``a_cp_masks.png`` stands for image ``a``); a name given twice is refused."""
+    from core.datasets.folder import image_files
+    from core.datasets.ome import strip_suffix
+
+    found: dict[str, Path] = {}
+    for path in image_files(folder):
+        stem = strip_suffix(path.name)
+        for suffix in LABEL_SUFFIXES:
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        if stem in found:
+            raise ExternalModelError(f"{folder}: {found[stem].name} and {path.name} both hold the labels of {stem}")
+        found[stem] = path
+    return found
+
+
+def load_labels_folder(path: Path, name: str | None) -> ExternalModel:
+    """Another tool's label images (one per image, by name) as an :class:`ExternalModel`.
+
+    Raises
+    ------
+    ExternalModelError
+        The folder holds no label images; later, an image whose labels are missing (named).
+    """
+    from core.datasets.io import read_label_image
+
+    files = label_files(path)
+    if not files:
+        raise ExternalModelError(f"{path}: no label images (PNG or TIFF) in the folder")
+
+    def predict(image: np.ndarray, image_name: str = "") -> tuple[np.ndarray, np.ndarray | None]:
+        if image_name not in files:
+            raise ExternalModelError(f"{path}: no labels for image {image_name} (expected {image_name}.png/.tif, "
+                                     f"or with a suffix such as _cp_masks); `evaluate-model --write-images` lists them")
+        labels = read_label_image(files[image_name])
+        if labels.shape != image.shape[:2]:
+            raise ExternalModelError(f"{files[image_name]}: labels are {labels.shape[0]}x{labels.shape[1]} but image "
+                                     f"{image_name} is {image.shape[0]}x{image.shape[1]}")
+        return (labels > 0).astype(np.float32), labels.astype(np.int64)
+
+    details = {"format": "label images", "files": len(files)}
+    return ExternalModel(name=name or path.name, source=str(path), kind="labels", details=details, predict=predict)
+
+
+def write_split_images(folder: str | Path, dataset: str, split: str = "val", *, root: str | None = None,
+                       image_size: int | None = None, seed: int = 0, validation_fraction: float = 0.2,
+                       split_strategy: str = "auto", group_pattern: str | None = None) -> list[Path]:
+    """Write the images a run with these split settings is evaluated on as ``NAME.tif`` (native dtype,
+    (H, W) grey or (H, W, 3) colour) into ``folder``, with ``images.json`` saying which split they
+    are: the input for another tool, whose label images :func:`load_labels_folder` reads back."""
+    import json
+
+    import tifffile
+
+    from core.evaluate import split_images
+
+    config = RunConfig(dataset=dataset, root=root, image_size=image_size, seed=seed,
+                       validation_fraction=validation_fraction, split_strategy=split_strategy,
+                       group_pattern=group_pattern)
+    check_config(config)
+    data, indices, description = split_images(config, split)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = data.raw_data().images
+    written = []
+    for index in indices:
+        image = images[index]
+        path = folder / f"{data.names[index]}.tif"
+        tifffile.imwrite(path, image[:, :, 0] if image.shape[2] == 1 else image,
+                         photometric="minisblack" if image.shape[2] == 1 else "rgb")
+        written.append(path)
+    (folder / "images.json").write_text(json.dumps({"dataset": dataset, "split": split, "seed": seed,
+                                                    "description": description,
+                                                    "images": [data.names[i] for i in indices]}, indent=1))
+    return written
+
+
 def load_external_model(path: str | Path, name: str | None = None, weights: str | None = None,
                         output_channel: int | None = None, activation: str = "none") -> ExternalModel:
-    """A bioimage.io package (folder, ``rdf.yaml``/``bioimageio.yaml`` or ``.zip``) or an ``.onnx`` file.
+    """A bioimage.io package (folder, ``rdf.yaml``/``bioimageio.yaml`` or ``.zip``), an ``.onnx`` file, or a
+    folder of another tool's label images.
 
     Raises
     ------
@@ -305,6 +396,8 @@ def load_external_model(path: str | Path, name: str | None = None, weights: str 
         raise ExternalModelError(f"--model {path}: no such file or folder")
     if path.suffix.lower() == ".onnx":
         return load_onnx(path, name, output_channel, activation)
+    if path.is_dir() and not any((path / file).is_file() for file in DESCRIPTION_NAMES):
+        return load_labels_folder(path, name)
     if path.is_dir() or path.suffix.lower() in (".yaml", ".yml", ".zip"):
         return load_bioimageio(path, name, weights, output_channel, activation)
     raise ExternalModelError(f"--model {path}: give a bioimage.io package (its folder, rdf.yaml or .zip) or an "
@@ -350,10 +443,14 @@ def evaluate_external(model: ExternalModel, dataset: str, split: str = "val", *,
     images = data.raw_data().images  # native dtype: a package applies its own preprocessing
 
     def predict(sample: Any, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        probability, labels = model.predict(images[index])
+        from core.datasets.io import mask_from_labels
+
+        probability, labels = model.predict(images[index], sample.name)
         if probability.shape != sample.mask.shape:
             raise ExternalModelError(f"{model.source}: output {probability.shape} for the {sample.mask.shape} image "
                                      f"{sample.name}")
+        if labels is not None:  # a binary mask's objects are its connected components, by the dataset's rule
+            labels = mask_from_labels(labels, data.spec.connectivity, sample.name)[1].astype(np.int32)
         return probability, labels
 
     try:
@@ -373,4 +470,7 @@ def evaluate_external(model: ExternalModel, dataset: str, split: str = "val", *,
                              stop_reason=f"{config.extra['method']} (scored here, not trained)")
     registry.save_evaluation(run_id, split, summary, arrays)
     registry.transition(run_id, "running", "finished")
+    from core.tracking import mirror_run
+
+    mirror_run(run_id, registry)  # when UNETLAB_MLFLOW_URI is set; a failure is a warning
     return run_id, summary

@@ -80,6 +80,7 @@ def train_then_evaluate(
     registry: Registry | None = None,
     show_progress: bool = True,
     from_worker: bool = False,
+    mirror: bool = True,
 ) -> RunOutcome:
     """Train a new run from ``config`` (or continue run ``run_id``), then evaluate it.
 
@@ -92,6 +93,9 @@ def train_then_evaluate(
         goes ``running -> finished``.
     from_worker : bool
         The queue worker started this process and claimed the run for it.
+    mirror : bool
+        Mirror the run to MLflow when it ends, if ``UNETLAB_MLFLOW_URI`` is set (:mod:`core.tracking`;
+        a failure there is a warning). A Ray worker passes False: its launcher mirrors the run.
 
     Raises
     ------
@@ -101,15 +105,24 @@ def train_then_evaluate(
         Any error while training or evaluating is recorded with the run (failed) and raised.
     """
     registry = registry or Registry()
-    result = train_run(config, run_id=run_id, registry=registry, show_progress=show_progress,
-                       then_evaluate=evaluate, from_worker=from_worker)
-    record_placement(registry, result.run_id)
-    if not evaluate or result.status != "finished":
-        return RunOutcome(result)
-    headline = evaluate_trained_run(result.run_id, registry, show_progress)
-    if headline is None:
-        return RunOutcome(dataclasses.replace(result, status="cancelled"))
-    return RunOutcome(result, headline)
+    result = None
+    try:
+        result = train_run(config, run_id=run_id, registry=registry, show_progress=show_progress,
+                           then_evaluate=evaluate, from_worker=from_worker)
+        record_placement(registry, result.run_id)
+        if not evaluate or result.status != "finished":
+            return RunOutcome(result)
+        headline = evaluate_trained_run(result.run_id, registry, show_progress)
+        if headline is None:
+            return RunOutcome(dataclasses.replace(result, status="cancelled"))
+        return RunOutcome(result, headline)
+    finally:
+        # Mirrored however it ended (finished, cancelled, failed), from the registry's record of it.
+        mirrored = result.run_id if result is not None else run_id
+        if mirror and mirrored is not None:
+            from core.tracking import mirror_run
+
+            mirror_run(mirrored, registry)
 
 
 def record_placement(registry: Registry, run_id: str) -> None:

@@ -16,7 +16,7 @@ and a manifest (:data:`core.scoring.MANIFEST`) saying how all of it was made, wh
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -87,6 +87,7 @@ def predict_files(
     flip_tta: bool = False,
     checkpoint: str = "",
     on_image: Callable[[PredictedImage], None] | None = None,
+    plane: Any = None,
 ) -> PredictionManifest:
     """Predict every file with ``loaded`` (a :class:`core.inference.LoadedModel`) and write the results.
 
@@ -99,6 +100,7 @@ def predict_files(
     scale : "training" (resize to the run's image size and back) or "native"
     probabilities : one of :data:`PROBABILITY_FORMATS`
     on_image : called after each image (progress)
+    plane : core.datasets.ome.Plane, the channel / z-plane / time point of multi-dimensional files
 
     Returns
     -------
@@ -126,33 +128,36 @@ def predict_files(
     manifest = PredictionManifest(checkpoint=str(checkpoint), run_config=config.to_dict(), kind=kind,
                                   threshold=threshold, methods=list(methods), scale=scale)
     output.mkdir(parents=True, exist_ok=True)
-    stems = [path.stem for path in files]
+    from core.datasets.ome import strip_suffix
+
+    # OME files are named by the stem before .ome.tif: a.ome.tif gives a_labels-....png.
+    stems = [strip_suffix(path.name) for path in files]
     if len(set(stems)) != len(stems):
         raise UNetLabError(f"two input images share a file stem ({sorted(s for s in stems if stems.count(s) > 1)[0]}); "
                            "their outputs would overwrite each other")
-    for path in files:
-        prediction = predict_image(loaded, read_image(path), tile_size=tile_size, overlap=overlap,
+    for path, stem in zip(files, stems):
+        prediction = predict_image(loaded, read_image(path, plane=plane), tile_size=tile_size, overlap=overlap,
                                    flip_tta=flip_tta, source=str(path), scale=scale)
         probability = prediction.probability
-        image = PredictedImage(stem=path.stem, source=str(path), shape=tuple(probability.shape),
+        image = PredictedImage(stem=stem, source=str(path), shape=tuple(probability.shape),
                                network_shape=tuple(prediction.network_shape), scale=prediction.scale,
-                               labels={}, mask=f"{path.stem}_mask.png", seconds=prediction.seconds)
+                               labels={}, mask=f"{stem}_mask.png", seconds=prediction.seconds)
         for method in methods:
             labels = postprocess(probability, method, contour=prediction.contour, threshold=threshold,
                                  connectivity=manifest.connectivity)
-            image.labels[method] = label_file_name(path.stem, method, labels)
+            image.labels[method] = label_file_name(stem, method, labels)
             image.objects[method] = int(labels.max(initial=0))
             write_labels(output / image.labels[method], labels)
         from PIL import Image
 
         Image.fromarray(((probability >= threshold) * 255).astype(np.uint8)).save(output / image.mask)
         if probabilities == "uint8":
-            image.probability = f"{path.stem}_probability.png"
+            image.probability = f"{stem}_probability.png"
             Image.fromarray(np.rint(probability * 255).astype(np.uint8)).save(output / image.probability)
         elif probabilities == "float32":
             import tifffile
 
-            image.probability = f"{path.stem}_probability.tif"
+            image.probability = f"{stem}_probability.tif"
             tifffile.imwrite(output / image.probability, probability.astype(np.float32))
         manifest.images.append(image)
         if on_image is not None:

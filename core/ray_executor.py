@@ -367,7 +367,7 @@ def _train_on_worker(run_id: str, config_values: dict[str, Any], raw: Any, relay
         try:
             with data:
                 outcome = train_then_evaluate(run_id=run_id, registry=registry, evaluate=evaluate,
-                                              show_progress=False)
+                                              show_progress=False, mirror=False)  # the launcher mirrors
             result = {"status": outcome.status, "error": None, "summary": outcome.summary()}
         except KeyboardInterrupt:  # ray.cancel
             result = {"status": "cancelled", "error": "cancelled on request", "summary": None}
@@ -613,6 +613,16 @@ class RayExecutor:
             self.tasks[run_id].reported = {"status": status, "error": error}
 
     def _complete(self, task: _Task) -> None:
+        """A task ended: settle its run, then mirror it to MLflow from this (the launcher's) registry
+        when ``UNETLAB_MLFLOW_URI`` is set (a failure there is a warning)."""
+        from core.tracking import mirror_run
+
+        try:
+            self._settle(task)
+        finally:
+            mirror_run(task.run_id, self.registry)
+
+    def _settle(self, task: _Task) -> None:
         """A task ended (returned, raised, was cancelled or lost its retries): settle its run."""
         ray = self.ray
         del self.tasks[task.run_id]

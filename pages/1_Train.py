@@ -16,7 +16,7 @@ from core.figures import live_training_figure
 from core.runs import Registry
 from core.study import check_study_name, configs_for_grid, grid_from_config, parse_seeds, record_study
 from core.tables import (dataset_choices, evaluation_state, format_count, format_duration, format_score, progress_view,
-                         worker_state)
+                         run_labels, worker_state)
 from core.user_datasets import damaged_list_message, load_user_datasets, register_user_dataset
 
 DEFAULTS = RunConfig()
@@ -279,11 +279,13 @@ def runs_panel() -> None:
         st.info("No runs yet: launch one above.")
         return
     show_ended = st.toggle("Show ended runs", value=True, key="show_ended")
-    for run in active + (ended[:12] if show_ended else []):
+    shown = active + (ended[:12] if show_ended else [])
+    labels = run_labels(shown)
+    for run in shown:
         view = progress_view(run.status, run.progress, run.error)
         with st.container(border=True):
             head, buttons = st.columns([5, 1])
-            head.markdown(f"**{run.config.label()}** &nbsp; `{run.id}` &nbsp; status: **{run.status}**")
+            head.markdown(f"**{labels[run.id]}** &nbsp; `{run.id}` &nbsp; status: **{run.status}**")
             if run.status in ("queued", "running", "evaluating"):
                 buttons.button("Cancel", key=f"cancel-{run.id}", on_click=cancel, args=(run.id,))
             elif run.status in ("failed", "cancelled"):

@@ -60,7 +60,8 @@ right.plotly_chart(pr, key="pr")
 st.subheader(f"Operating points at threshold {threshold:g}")
 points = operating_points_table(curves, threshold)
 st.dataframe(display_table(points), hide_index=True, width="stretch",
-             column_config={"Run": st.column_config.TextColumn("Run", width="large", pinned=True),
+             column_config={"Run": st.column_config.TextColumn("Run", width="medium", pinned=True,
+                                                              help="The run (hover a cell for its whole label)"),
                             **{name: st.column_config.Column(short, help=name) for name, short in SHORT_HEADERS.items()}})
 if (points["Curve point threshold"] == NO_POSITIVE).any():
     st.caption(f"'{NO_POSITIVE}': no pixel of that run's validation part has a probability at or above "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -96,6 +97,19 @@ def test_onnx_and_torchscript_give_our_outputs(exported):
     assert set(result.max_abs_difference) == {"onnx", "torchscript"}
     assert max(result.max_abs_difference.values()) < 1e-4
     assert "bioimageio.core" in result.converted_by["torchscript"]
+
+
+def test_the_package_zips_for_a_download(exported):
+    import io
+    import zipfile
+
+    from core.export import zip_folder
+
+    _, _, result, _ = exported
+    with zipfile.ZipFile(io.BytesIO(zip_folder(result.folder))) as archive:
+        names = set(archive.namelist())
+        assert {"rdf.yaml", "weights.pt", "weights.onnx", "test_input.npy", "cover.png"} <= names
+        assert archive.read("rdf.yaml") == result.rdf.read_bytes()
 
 
 def test_export_refuses_a_used_folder_and_an_unknown_run(exported, tmp_path):
@@ -194,3 +208,31 @@ def test_outputs_are_read_as_probabilities_or_labels():
     probability, labels = to_probability(np.array([[0, 2], [2, 5]], np.uint16), "none", "m")
     assert labels.tolist() == [[0, 2], [2, 5]] and probability.tolist() == [[0, 1], [1, 1]]
     assert padded_size(250, 8, 8) == 256 and padded_size(5, 8, 8) == 8 and padded_size(256, 16, 16) == 256
+
+
+def test_another_tools_label_images_come_in_as_an_external_run(tmp_path):
+    """Cellpose-style output for the exported split images: scored and stored like a model; truth as
+    'prediction' scores 1 everywhere, and a missing file is named, with no run left behind."""
+    from PIL import Image
+
+    from core.evaluate import split_images
+    from core.external import ExternalModelError, evaluate_external, load_external_model, write_split_images
+
+    written = write_split_images(tmp_path / "images", "synthetic-nuclei", "val", seed=1)
+    listing = json.loads((tmp_path / "images" / "images.json").read_text())
+    assert [path.stem for path in written] == listing["images"] and listing["seed"] == 1
+    data, indices, _ = split_images(RunConfig(dataset="synthetic-nuclei", seed=1), "val")
+    (tmp_path / "labels").mkdir()
+    for index in indices:
+        Image.fromarray(data[index].instances.astype(np.uint16)).save(tmp_path / "labels" / f"{data.names[index]}_cp_masks.png")
+    registry = Registry()
+    run_id, summary = evaluate_external(load_external_model(tmp_path / "labels", name="cellpose"), "synthetic-nuclei",
+                                        seed=1, registry=registry, show_progress=False)
+    assert summary["n_images"] == len(written) and summary["pixel"]["f1"] == 1.0
+    assert all(scores["dsb_map"] == 1.0 for scores in summary["instances"].values())
+    assert registry.get_run(run_id).config.extra["method"] == "external: cellpose"
+    (tmp_path / "labels" / f"{data.names[indices[-1]]}_cp_masks.png").unlink()
+    with pytest.raises(ExternalModelError, match=f"no labels for image {re.escape(data.names[indices[-1]])}"):
+        evaluate_external(load_external_model(tmp_path / "labels"), "synthetic-nuclei", seed=1, registry=registry,
+                          show_progress=False)
+    assert len(registry.list_runs()) == 1

@@ -187,3 +187,182 @@ def test_browser_session(server, browser, tmp_path):
     page.locator("input[type='file']").set_input_files(str(bad))
     page.get_by_text("is not supported").wait_for()
     assert page.locator("[data-testid='stException']").count() == 0
+
+
+# ---- round two (#16) -----------------------------------------------------------------------------------
+
+TINY_ARGS = ["--train-fraction", "0.5", "--augmentation", "none", "--steps-per-epoch", "2", "--batch-size", "2",
+             "--patch-size", "64", "--depth", "3", "--width", "8", "--threads", "1", "--quiet"]
+
+
+def train_tiny(epochs: int = 1) -> str:
+    """Train a tiny run in this test's registry (the CLI, as a user would); its id."""
+    before = {run.id for run in Registry().list_runs()}
+    subprocess.run([sys.executable, "-m", "core", "train", "--dataset", "synthetic-nuclei", "--epochs", str(epochs),
+                    *TINY_ARGS], cwd=PROJECT_ROOT, env=os.environ.copy(), check=True, capture_output=True)
+    (run_id,) = {run.id for run in Registry().list_runs()} - before
+    return run_id
+
+
+@pytest.fixture
+def tiny_run():
+    """A finished, evaluated tiny run, trained before the server starts (list it before ``server``)."""
+    return train_tiny()
+
+
+def start_at(page, url: str, name: str, title: str) -> None:
+    """Open the app at its home page, then at page ``name``: a fresh server asked for a page's URL
+    first can answer "Page not found" before the navigation is registered."""
+    open_page(page, url, "", PAGES[""])
+    open_page(page, url, name, title)
+
+
+def plotly_points(page, key: str) -> int:
+    """Marker points in the plotly chart with this Streamlit key (read from the drawn figure)."""
+    return page.evaluate("""(key) => {
+        const chart = document.querySelector(`.st-key-${key} .js-plotly-plot`);
+        if (!chart) { return -1; }
+        // _fullData: the traces as drawn, their arrays decoded (plotly sends numbers as binary)
+        return chart._fullData.filter((t) => t.mode === "markers").reduce((n, t) => n + (t._length || 0), 0);
+    }""", key)
+
+
+def test_segment_three_images_and_a_stack_then_download_one_zip(server, browser, tmp_path):
+    import io
+    import zipfile
+
+    import pandas as pd
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    files = []
+    for i in range(3):  # nuclei-like: bright discs on a dark background, for the shipped nuclei model
+        image = np.zeros((96, 112), np.uint8)
+        yy, xx = np.mgrid[:96, :112]
+        for _ in range(6):
+            cy, cx = rng.integers(12, 84), rng.integers(12, 100)
+            image[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = 200
+        path = tmp_path / f"nuclei{i}.png"
+        Image.fromarray(image).save(path)
+        files.append(str(path))
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, (rng.random((5, 64, 80)) * 255).astype(np.uint8))
+    files.append(str(stack))
+
+    page = browser.new_page(viewport={"width": 1400, "height": 2400}, accept_downloads=True)
+    page.set_default_timeout(120_000)
+    start_at(page, server, "segment", "Segment")
+    page.locator("input[type='file']").set_input_files(files)
+    page.get_by_text("Planes of the stack stack.tif (5 planes").wait_for()
+    button = page.get_by_role("button", name=re.compile(r"Download all as one zip \(8 masks"))
+    button.wait_for(state="visible")
+    wait_idle(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    screenshot(page, "segment-batch")
+    with page.expect_download() as download:
+        button.click()
+    archive = zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
+    names = set(archive.namelist())
+    stems = [f"nuclei{i}" for i in range(3)] + [f"stack_z{z:03d}" for z in range(5)]
+    assert {f"masks/{stem}_mask.png" for stem in stems} <= names
+    assert {f"labels/{stem}_labels.png" for stem in stems} <= names
+    table = pd.read_csv(io.BytesIO(archive.read("objects.csv")))
+    assert list(table["File"]) == [f"nuclei{i}.png" for i in range(3)] + ["stack.tif"] * 5
+    assert (table["Objects"] >= 0).all() and "Median object area (pixels)" in table
+    mask = np.asarray(Image.open(io.BytesIO(archive.read("masks/nuclei0_mask.png"))))
+    assert mask.shape == (96, 112) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_correct_a_mask_save_it_and_fine_tune(tiny_run, server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 2600})
+    page.set_default_timeout(120_000)
+    start_at(page, server, "compare", "Compare")
+    page.locator(".st-key-learning_curve .js-plotly-plot").wait_for()
+    before = plotly_points(page, "learning_curve")
+    assert before == 1
+
+    open_page(page, server, "masks", "Masks")
+    page.get_by_text("Correct the 'components' instances").click()
+    canvas = page.locator("canvas.view")
+    canvas.wait_for(state="visible")
+    page.wait_for_timeout(500)  # the image and mask layers load
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.5, steps=12)
+    page.mouse.up()
+    page.get_by_role("button", name="Use this mask").click()
+    page.get_by_text("painted strokes applied").wait_for()
+    wait_idle(page)
+    screenshot(page, "masks-corrected")
+    page.get_by_role("button", name="Save the corrected pair").click()
+    page.get_by_text("registered as 'corrections: corrections-synthetic-nuclei'").wait_for()
+    folder = cache_dir() / "corrections" / "corrections-synthetic-nuclei"
+    (fix,) = list((folder / "masks").glob("fix-*.png"))
+    saved = np.asarray(Image.open(fix)) > 0
+    assert saved[saved.shape[0] // 2, saved.shape[1] // 4: 3 * saved.shape[1] // 4].all()  # the painted stroke
+    page.get_by_role("button", name=re.compile(f"Fine-tune from {tiny_run}")).click()
+    page.get_by_text(re.compile(r"Fine-tuning run \S+ \((queued|running|evaluating|finished)\)")).wait_for()
+    (tuned,) = [run for run in Registry().list_runs() if run.config.dataset == "folder"]
+    assert (getattr(tuned.config, "init_from", None) or tuned.config.extra.get("init_from")) == tiny_run
+    deadline = time.time() + 300
+    while Registry().get_run(tuned.id).status not in ("finished", "failed", "cancelled") or \
+            Registry().get_evaluation(tuned.id) is None:
+        assert time.time() < deadline and Registry().get_run(tuned.id).status not in ("failed", "cancelled"), \
+            Registry().get_run(tuned.id).error
+        time.sleep(1)
+
+    open_page(page, server, "compare", "Compare")
+    page.locator(".st-key-learning_curve .js-plotly-plot").wait_for()
+    assert plotly_points(page, "learning_curve") == before + 1  # the curve gained the fine-tuned run's point
+    screenshot(page, "compare-after-fine-tuning")
+
+
+def test_cancel_and_resume_without_warnings(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    page.set_default_timeout(120_000)
+    start_at(page, server, "train", "Train")
+    fill_number(page, "Epochs", 200)
+    page.get_by_text("More settings").click()
+    fill_number(page, "Steps per epoch", 2)
+    fill_number(page, "Batch size", 2)
+    fill_number(page, "Patch size (pixels)", 64)
+    fill_number(page, "Depth (poolings)", 3)
+    page.get_by_text("Estimated time on this machine").or_(page.get_by_text("No time estimate yet")).first.wait_for()
+    page.get_by_role("button", name="Launch 1 run(s)").click()
+    page.get_by_text("Queued 1 run(s)").wait_for()
+    # While the worker starts, no "no worker" warning: sample the page for 6 s.
+    for _ in range(12):
+        assert page.get_by_text("no worker serves").count() == 0
+        page.wait_for_timeout(500)
+    (run,) = Registry().list_runs()
+    page.get_by_text(re.compile(r"running: epoch \d+/200")).first.wait_for(timeout=180_000)
+    page.get_by_role("button", name="Cancel").first.click()
+    page.get_by_text("status: **cancelled**").or_(page.get_by_text("status: cancelled")).first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Resume").first.click()
+    page.get_by_text(re.compile(r"status: (queued|running)")).first.wait_for()
+    page.wait_for_timeout(3000)
+    queue_cancel = Registry().get_run(run.id)
+    if queue_cancel.status in ("queued", "running"):
+        from core import queue
+
+        queue.cancel(run.id)
+    log = (tmp_path / "streamlit.log").read_text()
+    assert "A fragment rerun was triggered" not in log, log[-2000:]
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
+def test_tables_fit_and_say_not_evaluated(tiny_run, server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    page.set_default_timeout(120_000)
+    start_at(page, server, "curves", "Curves")
+    table = page.locator("[data-testid='stDataFrame']").first
+    table.wait_for()
+    page.wait_for_timeout(1000)
+    screenshot(page, "curves-table")
+    widths = page.evaluate("""() => {
+        const scroller = document.querySelector("[data-testid='stDataFrame'] .dvn-scroller");
+        return scroller ? [scroller.scrollWidth, scroller.clientWidth] : null;
+    }""")
+    assert widths and widths[0] <= widths[1] + 2, f"the operating-point table is cut off on the right: {widths}"
+    assert page.get_by_text("Infinity").count() == 0

@@ -50,7 +50,7 @@ def test_registry_lists_every_source_with_consistent_specs():
     specs = list_datasets()
     names = [spec.name for spec in specs]
     assert names[:3] == SYNTHETIC
-    assert set(names) == {*SYNTHETIC, "isbi2012", "isbi2013", "dsb2018", "epfl", "ncmir", "folder"}
+    assert set(names) == {*SYNTHETIC, "isbi2012", "isbi2013", "dsb2018", "epfl", "ncmir", "folder", "nnunet", "cellpose"}
     for spec in specs:
         assert isinstance(spec, DatasetSpec)
         assert "train" in spec.splits and "train" in spec.labelled_splits

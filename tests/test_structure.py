@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     "core.inference": 2, "core.runs": 2, "core.scoring": 2,
     # 3: training, evaluation and the queue that runs them
     "core.train": 3, "core.evaluate": 3, "core.queue": 3, "core.lifecycle": 3, "core.predictions": 3,
-    "core.ray_executor": 3,
+    "core.ray_executor": 3, "core.ome_predict": 3, "core.tracking": 3,
     # 4: studies, and what is shown of runs: tables, figures, overlays
     "core.study": 4, "core.tables": 4, "core.figures": 4, "core.overlays": 4, "core.segment": 4,
     "core.export": 4, "core.external": 4,

@@ -24,6 +24,9 @@ def run(args: argparse.Namespace) -> int:
     methods = tuple(args.methods.split(",")) if args.methods else None
     evaluation = evaluate_run(args.run_id, args.split, checkpoint=args.checkpoint, methods=methods,
                               show_progress=not args.quiet and not args.json)
+    from core.tracking import mirror_run
+
+    mirror_run(args.run_id)  # the new evaluation, when UNETLAB_MLFLOW_URI is set (a failure is a warning)
     if args.json:
         print(json.dumps({"headline": evaluation.headline(), **evaluation.summary}))
     else:

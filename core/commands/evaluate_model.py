@@ -17,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "validated on (or the official test split), scores it with every metric `evaluate` gives "
                     "and stores it as a finished run of method 'external: NAME', shown beside our runs.",
     )
-    parser.add_argument("--model", required=True, help="a bioimage.io package (folder, rdf.yaml or .zip) or an .onnx file")
+    parser.add_argument("--model", help="a bioimage.io package (folder, rdf.yaml or .zip), an .onnx file, or a folder "
+                                         "of another tool's label images named by image (NAME.png/.tif, NAME_cp_masks...)")
+    parser.add_argument("--write-images", metavar="DIR",
+                        help="write the split's images as DIR/NAME.tif (for another tool to segment) and stop")
     parser.add_argument("--dataset", required=True, help="a dataset name (see `datasets list`)")
     parser.add_argument("--root", help="the dataset's folder, for datasets read from files")
     parser.add_argument("--split", choices=("val", "test"), default="val",
@@ -48,12 +51,24 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.threshold < 1:
         raise UNetLabError(f"--threshold must be between 0 and 1 (exclusive), got {args.threshold:g}")
+    split_settings = dict(root=args.root, image_size=args.image_size, seed=args.seed,
+                          validation_fraction=args.validation_fraction, split_strategy=args.split_strategy,
+                          group_pattern=args.group_pattern)
+    if args.write_images:
+        from core.external import write_split_images
+
+        written = write_split_images(args.write_images, args.dataset, args.split, **split_settings)
+        print(f"wrote the {len(written)} images of {args.dataset} ({args.split}, seed {args.seed}) to "
+              f"{args.write_images}; segment them with any tool, then: unetlab evaluate-model --model LABELS_DIR "
+              f"--dataset {args.dataset} --split {args.split} --seed {args.seed}")
+        return 0
+    if not args.model:
+        raise UNetLabError("give --model (a package, an .onnx file or a folder of label images) or --write-images DIR")
     model = load_external_model(args.model, name=args.name, weights=args.weights,
                                 output_channel=args.output_channel, activation=args.activation)
     run_id, summary = evaluate_external(
-        model, args.dataset, args.split, root=args.root, image_size=args.image_size, seed=args.seed,
-        validation_fraction=args.validation_fraction, split_strategy=args.split_strategy,
-        group_pattern=args.group_pattern, threshold=args.threshold, show_progress=not (args.quiet or args.json))
+        model, args.dataset, args.split, threshold=args.threshold, show_progress=not (args.quiet or args.json),
+        **split_settings)
     evaluation = Evaluation(run_id=run_id, split=args.split, summary=summary)
     if args.json:
         print(json.dumps({"run_id": run_id, "method": f"external: {model.name}", "headline": evaluation.headline()}))

@@ -16,7 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "`unetlab score --prediction` reads the folder as it is.",
     )
     parser.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
-    parser.add_argument("--input", required=True, help="an image file (PNG, TIFF, JPEG) or a folder of them")
+    parser.add_argument("--input", required=True,
+                        help="an image file (PNG, TIFF, JPEG, OME-TIFF), an OME-Zarr image folder, or a folder of them; "
+                             "an OME-Zarr image is segmented block by block and its labels written back into it "
+                             "as the labels group labels/unetlab-components")
     parser.add_argument("--output", required=True, help="folder for the results (created)")
     parser.add_argument("--truth", help="a truth file or folder (same stems): score the predictions right away, "
                                         "as `unetlab score --truth TRUTH --prediction OUTPUT` would")
@@ -33,19 +36,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlap", type=int, help="tile overlap in pixels (default: a quarter tile, at most 64)")
     parser.add_argument("--tta", action="store_true", help="average over flips (4x slower)")
     parser.add_argument("--device", default="auto")
+    plane = parser.add_argument_group("multi-dimensional images (OME-TIFF, OME-Zarr)")
+    plane.add_argument("--channel", type=int, help="the channel to segment (default: all of a grey or colour "
+                                                   "image, else channel 0)")
+    plane.add_argument("--z", type=int, help="the z-plane to segment (default 0)")
+    plane.add_argument("--t", type=int, default=0, help="the time point to segment (default 0)")
+    plane.add_argument("--block", type=int, default=1024,
+                       help="OME-Zarr: side of the blocks read and segmented at a time, pixels (default 1024)")
     parser.set_defaults(handler=run)
 
 
 def input_files(path: Path) -> list[Path]:
     """The image files to predict: one file, or the images of a folder (sorted)."""
     from core.datasets.io import IMAGE_SUFFIXES  # here, not at the top: `unetlab --help` stays fast
+    from core.datasets.ome import is_ome_zarr
     from core.errors import UNetLabError
 
+    if is_ome_zarr(path):
+        return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        files = sorted(p for p in path.iterdir() if not p.name.startswith(".") and (
+            (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) or (p.is_dir() and is_ome_zarr(p))))
         if not files:
-            raise UNetLabError(f"no PNG, TIFF or JPEG images in {path}")
+            raise UNetLabError(f"no PNG, TIFF, JPEG or OME-Zarr images in {path}")
         return files
     if not path.exists():
         raise UNetLabError(f"input {path} does not exist")
@@ -78,10 +91,24 @@ def run(args: argparse.Namespace) -> int:
     from core.inference import load_model
     from core.predictions import predict_files
 
+    from core.datasets.ome import Plane
+
     methods = check_arguments(args)
     files = input_files(Path(args.input))
+    plane = Plane(channel=args.channel, z=args.z, t=args.t)
+    zarr_images = [path for path in files if path.is_dir()]
+    files = [path for path in files if not path.is_dir()]
+    if zarr_images and (methods != ["components"] or args.truth is not None):
+        from core.errors import UNetLabError
+
+        raise UNetLabError("an OME-Zarr image is segmented block by block into connected components only "
+                           "(--instances components, no --truth); score its labels with `unetlab score` afterwards")
     loaded = load_model(args.checkpoint, device=args.device)
     output = Path(args.output)
+    if zarr_images:
+        predict_zarr_images(loaded, zarr_images, plane, args, output)
+        if not files:
+            return 0
     with tqdm(total=len(files), desc="predicting", unit="image") as bar:
         def report(image) -> None:
             bar.update(1)
@@ -92,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
 
         manifest = predict_files(loaded, files, output, methods, threshold=args.threshold, scale=args.scale,
                                  probabilities=args.probabilities, tile_size=args.tile, overlap=args.overlap,
-                                 flip_tta=args.tta, checkpoint=args.checkpoint, on_image=report)
+                                 flip_tta=args.tta, checkpoint=args.checkpoint, on_image=report,
+                                 plane=plane)
     print(f"wrote {len(files)} result sets to {output} (threshold {manifest.threshold:g}, "
           f"methods {', '.join(methods)}, manifest {output / 'predictions.json'})")
     if args.truth is None:
@@ -104,3 +132,29 @@ def run(args: argparse.Namespace) -> int:
     print()
     print_table(Path(args.truth), output, scored_sets)
     return 0
+
+
+def predict_zarr_images(loaded, images: list[Path], plane, args: argparse.Namespace, output: Path) -> None:
+    """Segment each OME-Zarr image block by block, write its labels back into it, and list what was
+    written in ``OUTPUT/zarr_predictions.json``."""
+    import dataclasses
+    import json
+
+    from core.fileio import atomic_write_text
+    from core.ome_predict import predict_ome_zarr
+    from core.predictions import dataset_kind
+
+    connectivity = 1 if dataset_kind(loaded.config.dataset) == "membrane" else 2
+    if loaded.config.image_size:
+        print(f"note: the run was trained on images resized to {loaded.config.image_size} x "
+              f"{loaded.config.image_size}; OME-Zarr images are segmented at their own size")
+    results = []
+    for path in images:
+        result = predict_ome_zarr(loaded, path, plane, name="unetlab-components", threshold=args.threshold,
+                                  block=args.block, tile_size=args.tile, overlap=args.overlap,
+                                  connectivity=connectivity)
+        print(f"{path.name}: {result.objects} objects in {result.blocks} block(s) at {result.plane}; labels written "
+              f"to {path / result.labels} ({result.seconds:.1f} s)")
+        results.append({**dataclasses.asdict(result), "checkpoint": str(args.checkpoint)})
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "zarr_predictions.json", json.dumps(results, indent=1))

@@ -26,12 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from core.datasets.ome import Layout, Plane, is_ome_zarr, read_ome_zarr, tiff_layout
 from core.errors import DatasetError, DatasetWarning
 
 #: Image files the readers take, by name suffix (folders, the CLI, uploads).
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-#: Files the Segment page accepts (by name suffix): every image the readers take.
-UPLOAD_SUFFIXES: tuple[str, ...] = IMAGE_SUFFIXES
+#: Files the Segment page accepts (by name suffix): every image the readers take (OME-TIFF is
+#: ``.ome.tif``), and an OME-Zarr image zipped into one file (``.zip``, e.g. ``image.ome.zarr.zip``).
+UPLOAD_SUFFIXES: tuple[str, ...] = IMAGE_SUFFIXES + (".zip",)
 #: Largest uploaded image segmented (pixels); about 8k x 8k, whose float maps take ~1 GB.
 MAX_UPLOAD_PIXELS: int = 64_000_000
 #: Largest image file a dataset may hold (pixels, all pages): 16k x 16k. Checked from the
@@ -71,11 +73,13 @@ def _source_bytes(source: Any, name: str | None = None) -> tuple[bytes, str]:
     raise DatasetError(f"cannot read an image from a {type(source).__name__}; give a path, bytes or a file object")
 
 
-def _decode(data: bytes, label: str, palette_indices: bool) -> np.ndarray:
+def _decode(data: bytes, label: str, palette_indices: bool, plane: Plane | None = None,
+            for_labels: bool = False) -> np.ndarray:
     """Decode bytes with tifffile (TIFF) or Pillow (everything else) into a numpy array.
 
     Returns (H, W) or (H, W, C) in the file's dtype. Palette images give their indices if
-    ``palette_indices``, else their colours.
+    ``palette_indices``, else their colours. An OME-TIFF (or any TIFF when ``plane`` is given)
+    gives the one plane ``plane`` chooses (see :mod:`core.datasets.ome`).
     """
     if not data:
         raise DatasetError(f"{label}: empty file")
@@ -85,7 +89,7 @@ def _decode(data: bytes, label: str, palette_indices: bool) -> np.ndarray:
         pass  # the decoder below says what is wrong with the file, in its own words
     try:
         if data[:4] in _TIFF_MAGIC:
-            return _decode_tiff(data, label)
+            return _decode_tiff(data, label, plane, for_labels)
         return _decode_pillow(data, label, palette_indices)
     except DatasetError:
         raise
@@ -119,10 +123,19 @@ def check_declared_size(label: str, data: bytes, max_pixels: int) -> None:
                            f"({_limit_side(max_pixels)}); crop or downscale it first")
 
 
-def _decode_tiff(data: bytes, label: str) -> np.ndarray:
+def _decode_tiff(data: bytes, label: str, plane: Plane | None = None, for_labels: bool = False) -> np.ndarray:
     import tifffile
 
+    from core.datasets.ome import read_tiff_plane, tiff_is_multidimensional
+
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        # OME-TIFF (channels, z-planes, time points): one plane, its pages only. A plain stack stays
+        # refused below unless a plane was asked for.
+        if (plane is not None or tif.is_ome) and tiff_is_multidimensional(tif):
+            array = read_tiff_plane(tif, plane, label, for_labels)
+            if array.size == 0:
+                raise DatasetError(f"{label}: unreadable or corrupt image file (no readable pages)")
+            return array[:, :, 0] if array.shape[2] == 1 else array
         series = tif.series[0]
         array = series.asarray()
         axes = series.axes
@@ -191,15 +204,19 @@ def _native_dtype(array: np.ndarray, label: str) -> np.ndarray:
     raise DatasetError(f"{label}: unsupported pixel type {array.dtype}")
 
 
-def read_raw_image(source: Any, name: str | None = None) -> np.ndarray:
+def read_raw_image(source: Any, name: str | None = None, plane: Plane | None = None) -> np.ndarray:
     """Read one image in its native dtype.
 
     Parameters
     ----------
     source : path, bytes or file-like
-        A PNG, TIFF or JPEG file (8- or 16-bit; grey, grey+alpha, RGB, RGBA, palette).
+        A PNG, TIFF or JPEG file (8- or 16-bit; grey, grey+alpha, RGB, RGBA, palette), an
+        OME-TIFF, or the folder of an OME-Zarr image.
     name : str, optional
         How messages name the file when ``source`` is bytes or a file object.
+    plane : Plane, optional
+        Which channel, z-plane and time point of a multi-dimensional file (OME-TIFF, OME-Zarr, or
+        a TIFF stack when given); see :mod:`core.datasets.ome`.
 
     Returns
     -------
@@ -212,8 +229,12 @@ def read_raw_image(source: Any, name: str | None = None) -> np.ndarray:
     DatasetError
         Missing, unreadable or corrupt file; a multi-page stack; an unsupported channel count.
     """
-    data, label = _source_bytes(source, name)
-    array = _decode(data, label, palette_indices=False)
+    zarr_path = _zarr_folder(source)
+    if zarr_path is not None:
+        array, label = read_ome_zarr(zarr_path, plane, max_pixels=MAX_FILE_PIXELS), str(zarr_path)
+    else:
+        data, label = _source_bytes(source, name)
+        array = _decode(data, label, palette_indices=False, plane=plane)
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3:
@@ -243,7 +264,16 @@ def to_float(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
-def read_image(path_or_bytes: Any, name: str | None = None) -> np.ndarray:
+def _zarr_folder(source: Any) -> Path | None:
+    """``source`` as a Path when it is the folder of an OME-Zarr image; DatasetError for another folder."""
+    if not isinstance(source, (str, Path)) or not Path(source).is_dir():
+        return None
+    if not is_ome_zarr(source):
+        raise DatasetError(f"{source}: a folder, not an image file (nor an OME-Zarr image)")
+    return Path(source)
+
+
+def read_image(path_or_bytes: Any, name: str | None = None, plane: Plane | None = None) -> np.ndarray:
     """Read one image as float32 (H, W, C) in [0, 1].
 
     Parameters
@@ -260,20 +290,25 @@ def read_image(path_or_bytes: Any, name: str | None = None) -> np.ndarray:
     DatasetError
         On a missing, unreadable or unsupported file.
     """
-    return to_float(read_raw_image(path_or_bytes, name))
+    return to_float(read_raw_image(path_or_bytes, name, plane))
 
 
 # ---- uploads --------------------------------------------------------------------------------
 
 
-def read_upload(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS, as_float: bool = True) -> np.ndarray:
+def read_upload(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS, as_float: bool = True,
+                plane: Plane | None = None) -> np.ndarray:
     """Decode an uploaded image file into float32 (H, W, C) in [0, 1], C = 1 or 3.
 
     With ``as_float=False`` the image keeps its native dtype (uint8 / uint16, see
     :func:`read_raw_image`): a quarter (or half) of float32's memory for a large upload.
 
     The size is checked from the file header before the pixels are decoded; a TIFF counts
-    the pixels of all its pages, since the decoder would allocate them all.
+    the pixels of all its pages, since the decoder would allocate them all (an OME-TIFF, whose
+    plane is read page by page, counts the pages of one plane).
+
+    ``plane`` chooses the channel, z-plane and time point of an OME-TIFF or a zipped OME-Zarr
+    (``.zip``); :func:`upload_layout` says which there are, for a picker.
 
     Raises
     ------
@@ -287,8 +322,118 @@ def read_upload(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS, as_
                            f"upload a PNG, JPEG or TIFF image ({', '.join(UPLOAD_SUFFIXES)})")
     if not data:
         raise DatasetError(f"{name}: the file is empty")
-    check_declared_size(name, data, max_pixels)
-    return read_image(bytes(data), name=name) if as_float else read_raw_image(bytes(data), name=name)
+    if suffix == ".zip":
+        with _zipped_zarr(name, data) as image:
+            if image.height * image.width > max_pixels:
+                raise DatasetError(f"{name}: {image.width} x {image.height} pixels is over the limit of "
+                                   f"{max_pixels:,} pixels ({_limit_side(max_pixels)}); crop or downscale it first")
+            raw = _native_dtype(image.read(plane), name)
+            raw = raw[:, :, :3] if raw.shape[2] == 4 else raw[:, :, :1] if raw.shape[2] == 2 else raw
+            return to_float(raw) if as_float else raw
+    if _upload_is_ome_tiff(data):
+        check_plane_size(name, data, max_pixels)
+    else:
+        check_declared_size(name, data, max_pixels)
+    if as_float:
+        return read_image(bytes(data), name=name, plane=plane)
+    return read_raw_image(bytes(data), name=name, plane=plane)
+
+
+def _upload_is_ome_tiff(data: bytes) -> bool:
+    if data[:4] not in _TIFF_MAGIC:
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            return bool(tif.is_ome)
+    except Exception:  # noqa: BLE001 - not readable: the reader says why
+        return False
+
+
+def check_plane_size(name: str, data: bytes, max_pixels: int) -> None:
+    """Refuse an OME-TIFF whose one plane (all its channels) declares more than ``max_pixels``."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        axes, shape = tiff_layout(tif)
+    sizes = dict(zip(axes, shape))
+    total = sizes.get("y", 1) * sizes.get("x", 1) * sizes.get("s", 1) * sizes.get("c", 1)
+    if total > max_pixels:
+        raise DatasetError(f"{name}: one plane holds {total:,} pixels (all channels), over the limit of "
+                           f"{max_pixels:,} pixels ({_limit_side(max_pixels)}); crop or downscale it first")
+
+
+class _zipped_zarr:
+    """``with _zipped_zarr(name, data) as image``: the OME-Zarr image inside an uploaded zip file,
+    opened lazily from a temporary copy (removed on exit)."""
+
+    def __init__(self, name: str, data: bytes):
+        self.name, self.data = name, data
+
+    def __enter__(self):
+        import os
+        import tempfile
+        import zipfile
+
+        import zarr
+
+        from core.datasets.ome import open_ome_zarr, zipped_zarr_root
+
+        handle, self.path = tempfile.mkstemp(suffix=".zip")
+        with os.fdopen(handle, "wb") as file:
+            file.write(self.data)
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                root = zipped_zarr_root(archive.namelist())
+        except zipfile.BadZipFile:
+            self._remove()
+            raise DatasetError(f"{self.name}: not a readable zip file") from None
+        if root is None:
+            self._remove()
+            raise DatasetError(f"{self.name}: a zip file without an OME-Zarr image (no zarr.json or .zattrs in it)")
+        self.store = zarr.storage.ZipStore(self.path, mode="r")
+        try:
+            return open_ome_zarr(self.name, store=self.store, group_path=root)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *_: Any) -> None:
+        try:
+            self.store.close()
+        finally:
+            self._remove()
+
+    def _remove(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+
+def upload_layout(name: str, data: bytes) -> Layout:
+    """The axes of an uploaded image and their sizes (``Layout.choices``: the channels, z-planes and
+    time points a user may choose among), read from its header / metadata only.
+
+    Raises
+    ------
+    DatasetError
+        The file cannot be read.
+    """
+    suffix = Path(name).suffix.lower()
+    if suffix == ".zip":
+        with _zipped_zarr(name, data) as image:
+            return image.layout()
+    if data[:4] in _TIFF_MAGIC:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                axes, shape = tiff_layout(tif)
+        except Exception as error:  # noqa: BLE001
+            raise DatasetError(f"{name}: unreadable TIFF ({type(error).__name__}: {str(error)[:160]})") from None
+        sizes = {("c" if axis == "s" else axis): size for axis, size in zip(axes, shape)}
+        return Layout(sizes=sizes)
+    height, width = image_dimensions(name, data)
+    return Layout(sizes={"y": height, "x": width})
 
 
 def image_dimensions(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[int, int]:
@@ -351,8 +496,8 @@ class _UnreadableHeader(DatasetError):
 # ---- masks ----------------------------------------------------------------------------------
 
 
-def read_label_image(source: Any) -> np.ndarray:
-    """Read one mask file as a 2-D label array.
+def read_label_image(source: Any, plane: Plane | None = None) -> np.ndarray:
+    """Read one mask file as a 2-D label array (an OME-TIFF's or OME-Zarr's plane ``plane``, channel 0).
 
     Returns
     -------
@@ -366,8 +511,14 @@ def read_label_image(source: Any) -> np.ndarray:
         Unreadable file, colour mask with differing channels, float values that are not whole
         numbers, negative values.
     """
-    data, label = _source_bytes(source)
-    array = _decode(data, label, palette_indices=True)
+    zarr_path = _zarr_folder(source)
+    if zarr_path is not None:
+        array, label = read_ome_zarr(zarr_path, plane, max_pixels=MAX_FILE_PIXELS, for_labels=True), str(zarr_path)
+    else:
+        data, label = _source_bytes(source)
+        array = _decode(data, label, palette_indices=True, plane=plane, for_labels=True)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
     if array.ndim == 3:
         channels = array.shape[2]
         colour = array[:, :, :3] if channels >= 3 else array[:, :, :1]

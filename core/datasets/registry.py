@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
-from core.datasets import dsb2018, epfl, folder, isbi, ncmir, synthetic
+from core.datasets import cellpose, dsb2018, epfl, folder, isbi, ncmir, nnunet, synthetic
 from core.datasets.base import Dataset, DatasetSpec, RawData, Source
 from core.datasets.cache import entry_path, load_entry, save_entry
 from core.errors import DatasetError
@@ -16,7 +16,7 @@ from core.errors import DatasetError
 # Synthetic sets first: they are the app's defaults and need no files.
 SOURCES: dict[str, Source] = {
     source.spec.name: source
-    for module in (synthetic, isbi, dsb2018, epfl, ncmir, folder)
+    for module in (synthetic, isbi, dsb2018, epfl, ncmir, folder, nnunet, cellpose)
     for source in module.SOURCES
 }
 
