@@ -82,6 +82,9 @@ class StudyGrid:
     budgets: list[int] = field(default_factory=list)
     augmentations: list[str] = field(default_factory=lambda: ["none", "light", "heavy"])
     seeds: list[int] = field(default_factory=lambda: [0])
+    #: Starting weights, a grid axis: None (from scratch), a run id or a shipped model's name.
+    #: Empty: from scratch only (or the overrides' ``init_from``).
+    init_from: list[str | None] = field(default_factory=list)
     roots: dict[str, str] = field(default_factory=dict)
     preset: str = "default"
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -91,7 +94,8 @@ class StudyGrid:
 
     def same_cells(self, other: "StudyGrid") -> bool:
         """True when both grids define the same runs (how and where they were launched aside)."""
-        keys = ("datasets", "budgets", "fractions", "augmentations", "seeds", "roots", "preset", "overrides")
+        keys = ("datasets", "budgets", "fractions", "augmentations", "seeds", "roots", "preset", "overrides",
+                "init_from")
         return all(getattr(self, key) == getattr(other, key) for key in keys)
 
 
@@ -177,6 +181,16 @@ def parse_augmentations(text: str) -> list[str]:
         raise UNetLabError(f"--augmentations: unknown level(s) {', '.join(unknown)}; "
                            f"choose from {', '.join(AUGMENTATION_LEVELS)}")
     return levels
+
+
+def parse_init_from(text: str) -> list[str | None]:
+    """``"none,starter-nuclei"`` -> [None, "starter-nuclei"]: "none" (or "scratch") is a random start."""
+    starts: list[str | None] = []
+    for part in parse_list(text, "--init-from"):
+        start = None if part.lower() in ("none", "scratch") else part
+        if start not in starts:
+            starts.append(start)
+    return starts
 
 
 def parse_budgets(text: str) -> list[int]:
@@ -334,7 +348,9 @@ def grid_configs(grid: StudyGrid, study: str) -> list[RunConfig]:
         for budget in grid.budgets or [None]:
             if budget is not None:
                 base = dataclasses.replace(base, epochs=budget_epochs(int(budget), base.steps_per_epoch))
-            per_dataset.append(configs_for_grid(base, grid.fractions, grid.augmentations, grid.seeds, study=study))
+            for start in grid.init_from or [base.init_from]:
+                cell = dataclasses.replace(base, init_from=start)
+                per_dataset.append(configs_for_grid(cell, grid.fractions, grid.augmentations, grid.seeds, study=study))
     seed_rank = {seed: rank for rank, seed in enumerate(grid.seeds)}
     ordered = [config for configs in per_dataset for config in configs]
     return sorted(ordered, key=lambda config: seed_rank[config.seed])  # stable: keeps the rest in order
@@ -788,7 +804,7 @@ def describe_machine(info: Mapping[str, Any]) -> str:
 __all__ = [
     "PAPER_EPOCHS_GUESS", "PRESETS", "PlannedRun", "RunState", "StudyDefinition", "StudyGrid", "StudyProgress",
     "budget_epochs", "check_study_name", "configs_for_grid", "decide_action", "estimate_eta", "follow", "grid_configs",
-    "launch", "load_study", "machine_info", "parse_augmentations", "parse_budgets", "parse_fractions", "parse_roots",
+    "launch", "load_study", "machine_info", "parse_augmentations", "parse_budgets", "parse_init_from", "parse_fractions", "parse_roots",
     "parse_seeds", "plan_study",
     "preset_settings",
     "run_identity", "save_study", "study_names", "study_progress", "study_records", "study_table", "validate_grid",

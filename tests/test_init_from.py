@@ -108,3 +108,19 @@ def test_a_colour_dataset_trains_in_grey_with_dark_backgrounds(capsys, dsb2018_r
     checkpoint = load_checkpoint(Registry().get_run(result["run_id"]).best_checkpoint)
     assert checkpoint["in_channels"] == 1  # DSB images are RGB; the network sees grey
     assert "dsb_map[seeded-watershed]" in result["evaluation"]
+
+
+def test_from_scratch_versus_fine_tuned_is_a_study_axis():
+    from core.study import StudyGrid, grid_configs, parse_init_from
+    from core.tables import setting_key
+
+    assert parse_init_from("none, starter-nuclei,scratch") == [None, "starter-nuclei"]
+    grid = StudyGrid(datasets=["synthetic-nuclei"], fractions=[0.5], augmentations=["none"], seeds=[0, 1],
+                     init_from=[None, "starter-nuclei"], overrides={"epochs": 1})
+    configs = grid_configs(grid, "ft")
+    assert sorted((c.seed, c.init_from or "") for c in configs) == [(0, ""), (0, "starter-nuclei"), (1, ""),
+                                                                     (1, "starter-nuclei")]
+    # From scratch and fine-tuned are two settings, never pooled; the seeds of one setting are.
+    keys = {c.init_from: setting_key(c) for c in configs}
+    assert len(set(keys.values())) == 2
+    assert len({setting_key(c) for c in configs if c.init_from is None}) == 1

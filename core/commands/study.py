@@ -30,6 +30,12 @@ SHARED_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--group-pattern", "group_pattern", str,
      "regular expression on file stems naming each image's group (e.g. '^(slide\\d+)_'); "
      "no group is split between training and validation"),
+    ("--target", "target", str, "mask (default) or mask+contour (outlines too, for seeded-watershed)"),
+    ("--lr-schedule", "lr_schedule", str, "constant (default), cosine, warmup-cosine, one-cycle or poly"),
+    ("--border-weight", "border_weight", float, "the original U-Net's weight map's w0 (0 = off, the paper: 10)"),
+    ("--foreground-sampling", "foreground_sampling", float, "share of patches centred on a foreground pixel"),
+    ("--normalization", "normalization", str, "none (default) or percentile (per image)"),
+    ("--colour", "colour", str, "keep (default), grey or grey-dark-background"),
 )
 
 
@@ -54,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--budgets", help="training budgets in optimiser steps per run, e.g. 300,900: each sets the "
                                        "runs' epochs to budget / steps per epoch (a grid axis, like --fractions; "
                                        "instead of --epochs)")
+    run.add_argument("--init-from", help="starting weights, a grid axis: 'none' (from scratch), run ids or a "
+                                         "shipped model's name, e.g. none,starter-nuclei compares from scratch "
+                                         "with fine-tuned (width, depth and target must match the weights)")
     run.add_argument("--augmentations", help="augmentation levels (default none,light,heavy)")
     run.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-2 (default 0)")
     run.add_argument("--preset", choices=["default", "paper"],
@@ -97,8 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def grid_from_args(args: argparse.Namespace):
     """The StudyGrid the arguments describe (not yet validated)."""
-    from core.study import (StudyGrid, parse_augmentations, parse_budgets, parse_fractions, parse_list, parse_roots,
-                            parse_seeds)
+    from core.study import (StudyGrid, parse_augmentations, parse_budgets, parse_fractions, parse_init_from,
+                            parse_list, parse_roots, parse_seeds)
 
     grid = StudyGrid(datasets=parse_list(args.datasets, "--datasets"), roots=parse_roots(args.roots),
                      preset=args.preset or "default")
@@ -110,6 +119,8 @@ def grid_from_args(args: argparse.Namespace):
         grid.augmentations = parse_augmentations(args.augmentations)
     if args.seeds:
         grid.seeds = parse_seeds(args.seeds)
+    if args.init_from:
+        grid.init_from = parse_init_from(args.init_from)
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in SHARED_OPTIONS if getattr(args, dest) is not None}
     for dest in ("loss", "precision"):
         if getattr(args, dest) is not None:
