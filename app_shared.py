@@ -282,12 +282,16 @@ def correction_panel(image: np.ndarray, labels: np.ndarray, stem: str, model_key
     st.success(f"Saved fix-{stem}: {saved.sentence()}" + (f" ({added} training pair(s) copied in first)" if added else "")
                + ".")
     tune = st.columns([1, 3])
-    epochs = tune[0].number_input("Fine-tuning epochs", 1, 1000, int(model_config.epochs), key=f"{prefix}-epochs")
+    epochs = tune[0].number_input("Fine-tuning epochs", 1, 1000, min(int(model_config.epochs), 10), key=f"{prefix}-epochs",
+                                  help="At most 10 by default: the run starts from the model's weights.")
     init_from = init_from_name(model_key)
     if tune[1].button(f"Fine-tune from {init_from} on {saved.folder.name}", key=f"{prefix}-tune",
                       disabled=not saved.ready):
         try:
             config = fine_tune_config(model_config, init_from, saved.folder, epochs=int(epochs))
+            from core.train import check_init_from  # torch loads only when a run is launched here
+
+            check_init_from(config)  # weights that cannot fit the run's network: refused before it is queued
             (run_id,) = queue.enqueue([config], start_worker=False)
             queue.ensure_worker()
             st.session_state["worker_started_at"] = _time.time()

@@ -319,8 +319,6 @@ def fine_tune_config(base: RunConfig, init_from: str, folder: Path, epochs: int 
     if epochs is not None:
         values["epochs"] = int(epochs)
     values.update(overrides)
-    # RunConfig.from_dict keeps a key this version does not know in ``extra``, so the run is
-    # queued either way; the training loop reads ``init_from`` (core/train.py).
     return RunConfig.from_dict(values).validate()
 
 

@@ -967,8 +967,9 @@ def display_table(table: pd.DataFrame, missing: str = NOT_EVALUATED) -> Any:
     ``missing`` (default "not evaluated") in empty cells, e.g. the metric cells of a run without a
     stored evaluation (Streamlit would show "None").
 
-    The values stay numbers (the Styler only formats what is shown), so sorting a column in the
-    browser sorts numbers.
+    Columns without an empty cell stay numbers (the Styler only formats what is shown), so sorting
+    them in the browser sorts numbers; a column with empty cells becomes text, since Streamlit
+    draws an empty number cell as "None" whatever the Styler says.
     """
     from core.stats import format_p
 
@@ -980,7 +981,11 @@ def display_table(table: pd.DataFrame, missing: str = NOT_EVALUATED) -> Any:
             formats[column] = lambda value: "-" if value is None or value != value else format_p(float(value))
         else:
             formats[column] = lambda value: missing if value != value else format_score(value)
-    return table.style.format(formats, na_rep=missing)
+    gaps = {column: formatter for column, formatter in formats.items() if table[column].isna().any()}
+    if gaps:
+        table = table.assign(**{column: table[column].map(formatter).astype(object)
+                                for column, formatter in gaps.items()})
+    return table.style.format({c: f for c, f in formats.items() if c not in gaps}, na_rep=missing)
 
 
 # --------------------------------------------------------------------------------------
@@ -1084,7 +1089,7 @@ def model_kinds(choices: Sequence[Any], positive_class: Any) -> dict[str, str]:
 
     def kind(choice: Any, depth: int = 0) -> str:
         config = choice.config
-        source = getattr(config, "init_from", None) or config.extra.get("init_from")
+        source = config.init_from
         if config.dataset == "folder" and source and depth < 20:
             parent = by_key.get(source) or by_key.get(f"starter:{source}")
             if parent is not None:

@@ -20,6 +20,9 @@ from core.tables import (dataset_choices, evaluation_state, format_count, format
 from core.user_datasets import damaged_list_message, load_user_datasets, register_user_dataset
 
 DEFAULTS = RunConfig()
+#: How the loss picker names the losses (one not listed here shows its config name).
+LOSS_NAMES = {"bce": "binary cross-entropy", "bce+dice": "cross-entropy + Dice", "dice": "soft Dice",
+              "focal": "focal loss"}
 
 
 @st.cache_data(show_spinner="Loading the dataset...")
@@ -152,7 +155,7 @@ epochs = columns[0].number_input("Epochs", min_value=1, max_value=1000, value=DE
 width = columns[1].selectbox("Model width (channels of the first level)", [4, 8, 16, 32, 64],
                              index=[4, 8, 16, 32, 64].index(DEFAULTS.base_width), key="base_width")
 loss = columns[2].selectbox("Loss", LOSSES, index=LOSSES.index(DEFAULTS.loss), key="loss",
-                            format_func={"bce": "binary cross-entropy", "bce+dice": "cross-entropy + Dice"}.get)
+                            format_func=lambda name: LOSS_NAMES.get(name, name))
 seeds_text = columns[3].text_input("Seed(s)", value="0", key="seeds",
                                    help="One run per seed, e.g. '0' or '0, 1, 2' or '0-4'. The seed also picks "
                                         "the validation part.")

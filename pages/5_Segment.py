@@ -227,7 +227,7 @@ if len(results) > 1:
 table = objects_table(results)
 st.dataframe(display_table(table, missing="no objects"), hide_index=True, width="stretch",
              column_config={"Foreground share": st.column_config.NumberColumn(format="percent")})
-st.download_button(f"Download all as one zip ({len(results)} masks, label images and objects.csv)",
+st.download_button(f"Download all as one zip ({len(results)} image(s): masks, label images, objects.csv)",
                    lambda: results_zip(results, note), file_name="unetlab-segmentation.zip",
                    mime="application/zip", key="download_zip", type="primary")
 st.caption("The zip holds masks/ (PNG, 0/255), labels/ (16-bit PNG, 0 = background), objects.csv (per image: "

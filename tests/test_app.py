@@ -308,7 +308,7 @@ def test_segment_produces_a_mask_for_an_uploaded_image(with_run):
     assert int(metrics["Objects found"].replace(",", "")) >= 0
     assert metrics["Prediction time"].endswith(" s")
     assert any("80 x 96 pixels" in caption.value for caption in at.caption)
-    assert len(at.get("download_button")) == 2  # the mask and the label image
+    assert len(at.get("download_button")) == 3  # the zip, the mask and the label image
     at.selectbox(key="segment_method").set_value("watershed").run()
     assert_clean(at)
 
@@ -490,7 +490,7 @@ def test_segment_takes_several_files_and_a_stack(with_run):
     table = at.dataframe[0].value
     assert list(table["File"]) == ["cells0.png", "cells1.png", "cells2.png", *["stack.tif"] * 5]
     assert list(table["Plane"]) == ["", "", "", "0", "1", "2", "3", "4"]
-    assert any(button.proto.label.startswith("Download all as one zip (8 masks")
+    assert any(button.proto.label.startswith("Download all as one zip (8 image(s)")
                for button in at.get("download_button"))
     assert len(at.get("image")) >= 8 + 3  # the gallery, then the detail view
     planes[0].set_value([2]).run()
@@ -544,5 +544,5 @@ def test_masks_page_corrects_saves_and_queues_a_fine_tuning_run(with_run, monkey
     tuned = [run for run in Registry().list_runs() if run.config.dataset == "folder"]
     assert len(tuned) == 1 and tuned[0].status == "queued"
     config = tuned[0].config
-    assert (getattr(config, "init_from", None) or config.extra.get("init_from")) == with_run["run_id"]
+    assert config.init_from == with_run["run_id"]
     assert config.root == str(folder) and config.base_width == 8 and config.depth == 3

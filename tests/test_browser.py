@@ -254,7 +254,7 @@ def test_segment_three_images_and_a_stack_then_download_one_zip(server, browser,
     start_at(page, server, "segment", "Segment")
     page.locator("input[type='file']").set_input_files(files)
     page.get_by_text("Planes of the stack stack.tif (5 planes").wait_for()
-    button = page.get_by_role("button", name=re.compile(r"Download all as one zip \(8 masks"))
+    button = page.get_by_role("button", name=re.compile(r"Download all as one zip \(8 image"))
     button.wait_for(state="visible")
     wait_idle(page)
     assert page.locator("[data-testid='stException']").count() == 0
@@ -304,7 +304,7 @@ def test_correct_a_mask_save_it_and_fine_tune(tiny_run, server, browser):
     page.get_by_role("button", name=re.compile(f"Fine-tune from {tiny_run}")).click()
     page.get_by_text(re.compile(r"Fine-tuning run \S+ \((queued|running|evaluating|finished)\)")).wait_for()
     (tuned,) = [run for run in Registry().list_runs() if run.config.dataset == "folder"]
-    assert (getattr(tuned.config, "init_from", None) or tuned.config.extra.get("init_from")) == tiny_run
+    assert tuned.config.init_from == tiny_run
     deadline = time.time() + 300
     while Registry().get_run(tuned.id).status not in ("finished", "failed", "cancelled") or \
             Registry().get_evaluation(tuned.id) is None:

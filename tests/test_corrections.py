@@ -65,7 +65,7 @@ def test_fine_tuning_settings_start_from_the_model():
     config = corrections.fine_tune_config(base, corrections.init_from_name("starter:starter-nuclei"),
                                           corrections.corrections_folder("x"), epochs=2)
     assert (config.dataset, config.base_width, config.depth, config.patch_size, config.epochs) == ("folder", 8, 3, 64, 2)
-    assert (getattr(config, "init_from", None) or config.extra["init_from"]) == "starter-nuclei"
+    assert config.init_from == "starter-nuclei"
     assert config.study is None and config.train_fraction == 0.8
 
 
