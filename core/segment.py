@@ -1,4 +1,10 @@
-"""Segmenting one uploaded image with bounded memory: what the Segment page runs.
+"""Segmenting uploaded images with bounded memory: what the Segment page runs.
+
+One image: :func:`predict_upload` and the previews below. Several files or a TIFF stack:
+:func:`read_upload_planes` (an upload as planes), :class:`SegmentedImage` per image or plane,
+:func:`objects_table` and :func:`results_zip` (masks, label images and object counts and areas
+as one download). Whether an upload looks like a model's training images:
+:func:`image_facts`, :func:`combined_facts` and :func:`mismatch_warnings`.
 
 A 64-megapixel upload (8000 x 8000, the largest the page takes) must not cost gigabytes per
 browser session. So the image stays in its native dtype (uint8 / uint16) and is scaled
