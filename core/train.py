@@ -615,8 +615,14 @@ def resume_or_start(trainer: Trainer, data: TrainingData, config: RunConfig, run
 
 
 def train_one_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epoch: int, stop: StopRequest,
-                    report: Callable[..., None], show_progress: bool) -> float | None:
-    """``steps_per_epoch`` optimiser steps; the mean training loss, or None if stopped mid-epoch."""
+                    report: Callable[..., None], show_progress: bool,
+                    step_losses: list[float] | None = None) -> float | None:
+    """``steps_per_epoch`` optimiser steps; the mean training loss, or None if stopped mid-epoch.
+
+    Each step's loss is appended to ``step_losses`` and the list so far goes with every progress
+    report, so the app can draw the loss per step while the first epoch runs.
+    """
+    step_losses = [] if step_losses is None else step_losses
     from tqdm import tqdm
 
     torch.manual_seed(epoch_seed(config.seed + 2, epoch))
@@ -639,11 +645,12 @@ def train_one_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epo
         trainer.scaler.update()
         if per_step_schedule:
             trainer.scheduler.step()
-        loss_sum += loss.item()
+        step_losses.append(loss.item())
+        loss_sum += step_losses[-1]
         bar.set_postfix(loss=f"{loss_sum / step:.4f}")
         if time.time() - last_report > 1.0 or step == config.steps_per_epoch:
             last_report = time.time()
-            report(epoch, step, train_loss=loss_sum / step, phase="training")
+            report(epoch, step, train_loss=loss_sum / step, phase="training", step_losses=list(step_losses))
         if stop.requested:
             bar.close()
             return None
@@ -705,7 +712,8 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
     first_epoch = config.epochs + 1 if stop_reason else progress.start_epoch  # stopped before it was interrupted
     for epoch in range(first_epoch, config.epochs + 1):
         epoch_started = time.time()
-        train_loss = train_one_epoch(trainer, data, config, epoch, stop, report, show_progress)
+        step_losses: list[float] = []
+        train_loss = train_one_epoch(trainer, data, config, epoch, stop, report, show_progress, step_losses)
         if train_loss is None:  # stopped mid-epoch: last.pt still holds the previous whole epoch
             status, epoch = "cancelled", epoch - 1
             break
@@ -719,6 +727,7 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
             train_seconds=train_seconds,
             epoch_seconds=time.time() - epoch_started,
             patches_per_second=config.steps_per_epoch * config.batch_size / train_seconds,
+            step_losses=[round(value, 6) for value in step_losses],  # the live chart's loss per step
         )
         improved = metrics["val_f1"] > progress.best_f1
         if improved:

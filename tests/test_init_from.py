@@ -43,6 +43,9 @@ def test_init_from_copies_the_weights_and_refuses_shapes_that_differ(capsys):
 
     tuned = train(capsys, "--width", "8", "--init-from", source["run_id"])
     epochs = registry.epochs(tuned["run_id"])
+    # Every epoch keeps its loss per optimiser step (the live chart's), 2 steps here, their mean the epoch's.
+    assert len(epochs[1]["step_losses"]) == 2
+    assert sum(epochs[1]["step_losses"]) / 2 == pytest.approx(epochs[1]["train_loss"], rel=1e-4)
     assert epochs[0]["note"] == f"initial weights from {source['run_id']}"
     # Epoch 0 of the fine-tuned run scores the source's best weights: the same validation F1
     # (the same split: same dataset, fraction and seed).
