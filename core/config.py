@@ -181,8 +181,12 @@ class RunConfig:
         return 2 if self.target == "mask+contour" else 1
 
     def label(self) -> str:
-        """Short human label, e.g. ``synthetic-nuclei 50% light s0``."""
-        return f"{self.dataset} {self.train_fraction:.0%} {self.augmentation} s{self.seed}"
+        """Short human label, e.g. ``synthetic-nuclei 50% light s0``; another tool's model scored
+        by ``unetlab evaluate-model`` (``extra["method"]`` ``"external: NAME"``) is named by its
+        method, e.g. ``external: cellpose on synthetic-nuclei 50% light s0``."""
+        label = f"{self.dataset} {self.train_fraction:.0%} {self.augmentation} s{self.seed}"
+        method = str((self.extra or {}).get("method", ""))
+        return f"{method} on {label}" if method.startswith("external: ") else label
 
 
 def split_setting_problem(strategy: Any, group_pattern: Any) -> str | None:

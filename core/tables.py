@@ -26,6 +26,7 @@ import pandas as pd
 from core.config import AUGMENTATION_LEVELS, RunConfig
 from core.errors import UNetLabError
 from core.metrics import METRIC_NAMES, metric_name
+from core.runs import EXTERNAL_PREFIX
 
 if TYPE_CHECKING:
     from core.user_datasets import UserDataset
@@ -82,6 +83,17 @@ RUN_TIME_COLUMN = "Run time (s, training + evaluation)"
 #: What the negative-class F1 column means, shown as its help in tables.
 NEGATIVE_CLASS_F1_HELP = ("F1 of the pixels outside the positive class: the membrane F1 on ISBI 2012/2013 "
                           "(positive = cell interior), the background F1 on nuclei and mitochondria sets")
+#: The setting that names how a run's model was made: :data:`OUR_METHOD` for a U-Net trained
+#: here, ``"external: NAME"`` for another tool's model scored by ``unetlab evaluate-model``
+#: (stored in the bookkeeping fields ``extra["method"]`` and ``notes``, yet part of the setting:
+#: an external run is never a repeat of one of ours, whatever their other fields).
+METHOD_FIELD = "method"
+#: The method of every run trained here.
+OUR_METHOD = "U-Net (trained here)"
+#: The fields of a run's training budget (an external run has none).
+BUDGET_FIELDS: tuple[str, ...] = ("epochs", "steps_per_epoch", "early_stopping_patience")
+#: The runs and study tables' column of each run's method (only where an external run is shown).
+METHOD_COLUMN = "Method"
 #: Columns a saved study table needs before the Compare page can draw its grid.
 RESULTS_TABLE_COLUMNS: tuple[str, ...] = ("Run", "Dataset", "Train fraction", "Augmentation", "Seed")
 
@@ -143,10 +155,27 @@ def instance_column(key: str, method: str) -> str:
 # the bookkeeping fields (BOOKKEEPING_FIELDS). Runs of different settings are never averaged.
 
 
-def setting_fields(config: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The fields that define a run's setting: every config field but the seed and bookkeeping."""
+def run_method(config: RunConfig | Mapping[str, Any]) -> str:
+    """How a run's model was made: ``"external: NAME"`` for another tool's model (its
+    ``extra["method"]``), else :data:`OUR_METHOD`.
+
+    >>> run_method(RunConfig())
+    'U-Net (trained here)'
+    >>> run_method(RunConfig(extra={"method": "external: cellpose"}))
+    'external: cellpose'
+    """
     values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
-    return {key: value for key, value in values.items() if key != REPEAT_FIELD and key not in BOOKKEEPING_FIELDS}
+    extra = values.get("extra")
+    method = str(extra.get(METHOD_FIELD, "")) if isinstance(extra, Mapping) else ""
+    return method if method.startswith(EXTERNAL_PREFIX) else OUR_METHOD
+
+
+def setting_fields(config: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The fields that define a run's setting: every config field but the seed and bookkeeping,
+    and the run's method (:func:`run_method`, under :data:`METHOD_FIELD`)."""
+    values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+    fields = {key: value for key, value in values.items() if key != REPEAT_FIELD and key not in BOOKKEEPING_FIELDS}
+    return {**fields, METHOD_FIELD: run_method(values)}
 
 
 def setting_key(config: RunConfig | Mapping[str, Any]) -> str:
@@ -157,6 +186,8 @@ def setting_key(config: RunConfig | Mapping[str, Any]) -> str:
     True
     >>> setting_key(RunConfig(epochs=3)) == setting_key(RunConfig(epochs=6))
     False
+    >>> setting_key(RunConfig()) == setting_key(RunConfig(extra={"method": "external: cellpose"}))
+    False
     """
     import json
 
@@ -164,17 +195,20 @@ def setting_key(config: RunConfig | Mapping[str, Any]) -> str:
 
 
 def varying_fields(configs: Sequence[RunConfig | Mapping[str, Any]], exclude: Sequence[str] = ()) -> list[str]:
-    """The setting fields (RunConfig order) whose value differs among ``configs``, less ``exclude``.
+    """The setting fields whose value differs among ``configs``, less ``exclude``: the method
+    (:data:`METHOD_FIELD`) first, then RunConfig fields in their order.
 
     The seed and the bookkeeping fields never count.
     """
     rows = [setting_fields(config) for config in configs]
-    fields = [name for name in RunConfig.__dataclass_fields__ if name != REPEAT_FIELD
-              and name not in BOOKKEEPING_FIELDS and name not in exclude]
-    return [name for name in fields if len({repr(row.get(name)) for row in rows}) > 1]
+    fields = [METHOD_FIELD, *(name for name in RunConfig.__dataclass_fields__ if name != REPEAT_FIELD
+                              and name not in BOOKKEEPING_FIELDS)]
+    return [name for name in fields if name not in exclude and len({repr(row.get(name)) for row in rows}) > 1]
 
 
 def _field_text(name: str, value: Any) -> str:
+    if name == METHOD_FIELD:  # the method names itself: "U-Net (trained here)", "external: cellpose"
+        return str(value)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         value = "none"
     elif isinstance(value, float):
@@ -199,21 +233,38 @@ def setting_label(config: RunConfig | Mapping[str, Any], fields: Sequence[str]) 
 
     ``fields`` are the fields that vary among the runs shown together (:func:`varying_fields`,
     less the grid's axes), so two runs with the same label there are repeats of one setting,
-    e.g. ``"600 steps (24 epochs x 25), learning rate 0.003"``.
+    e.g. ``"600 steps (24 epochs x 25), learning rate 0.003"``. An external run (see
+    :func:`run_method`) has no training budget: its label starts with its method, e.g.
+    ``"external: cellpose"``; our runs name theirs (``"U-Net (trained here)"``) where the
+    method is among ``fields``.
     """
     values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
-    budget_fields = ("epochs", "steps_per_epoch", "early_stopping_patience")
-    parts = [budget_text(values.get("epochs"), values.get("steps_per_epoch"), values.get("early_stopping_patience"))]
-    if not parts[0]:
-        parts = [_field_text(name, values.get(name)) for name in budget_fields if name in fields]
+    # A saved table's Method column (or the method of table_settings' values), else the config's.
+    method = values.get(METHOD_COLUMN) or values.get(METHOD_FIELD) or run_method(values)
+    values[METHOD_FIELD] = method
+    budget_fields = BUDGET_FIELDS
+    if str(method).startswith(EXTERNAL_PREFIX):
+        parts = [str(method)]
+        fields = [name for name in fields if name not in budget_fields and name != METHOD_FIELD]
+    else:
+        parts = [budget_text(values.get("epochs"), values.get("steps_per_epoch"),
+                             values.get("early_stopping_patience"))]
+        if not parts[0]:
+            parts = [_field_text(name, values.get(name)) for name in budget_fields if name in fields]
     parts += [_field_text(name, values.get(name)) for name in fields if name not in budget_fields]
     return ", ".join(part for part in parts if part) or "one setting"
 
 
+def _column_title(name: str) -> str:
+    """The runs and study tables' column of a setting field (:data:`METHOD_COLUMN` for the method)."""
+    return METHOD_COLUMN if name == METHOD_FIELD else SETTING_COLUMNS[name]
+
+
 def _table_setting_fields(table: pd.DataFrame) -> list[str]:
-    """Setting fields (grid axes aside) that have a column in ``table``."""
-    return [name for name, title in SETTING_COLUMNS.items() if title in table.columns and name != REPEAT_FIELD
-            and name not in BOOKKEEPING_FIELDS and name not in GRID_AXIS_FIELDS]
+    """Setting fields (grid axes aside) that have a column in ``table``, the method first."""
+    method = [METHOD_FIELD] if METHOD_COLUMN in table.columns else []
+    return method + [name for name, title in SETTING_COLUMNS.items() if title in table.columns
+                     and name != REPEAT_FIELD and name not in BOOKKEEPING_FIELDS and name not in GRID_AXIS_FIELDS]
 
 
 def table_settings(table: pd.DataFrame) -> pd.Series:
@@ -222,10 +273,10 @@ def table_settings(table: pd.DataFrame) -> pd.Series:
     if SETTING_COLUMN in table.columns:
         return table[SETTING_COLUMN].fillna("unknown setting").astype(str)
     fields = _table_setting_fields(table)
-    varying = [name for name in fields if table[SETTING_COLUMNS[name]].nunique(dropna=False) > 1]
+    varying = [name for name in fields if table[_column_title(name)].nunique(dropna=False) > 1]
     labels = []
     for _, row in table.iterrows():
-        values = {name: row[SETTING_COLUMNS[name]] for name in fields}
+        values = {name: row[_column_title(name)] for name in fields}
         labels.append(setting_label(values, varying))
     return pd.Series(labels, index=table.index, dtype=object)
 
@@ -253,7 +304,7 @@ def variation(table: pd.DataFrame) -> dict[str, list[Any]]:
     """Setting fields (grid axes aside) whose values differ among the rows: name -> sorted values."""
     out = {}
     for name in _table_setting_fields(table):
-        values = table[SETTING_COLUMNS[name]].dropna().unique().tolist()
+        values = table[_column_title(name)].dropna().unique().tolist()
         if len(values) > 1:
             try:
                 values = sorted(values)
@@ -391,8 +442,11 @@ def run_labels(records: Sequence[Any]) -> dict[str, str]:
     varying = varying_fields([record.config for record in records], exclude=LABEL_FIELDS)
     labels = {}
     for record in records:
-        values = record.config.to_dict()
-        parts = [_field_text(name, values.get(name)) for name in varying]
+        values = {**record.config.to_dict(), METHOD_FIELD: run_method(record.config)}
+        # RunConfig.label() names an external run's method, which has no training budget; ours is
+        # named where the method varies.
+        skip = (METHOD_FIELD, *BUDGET_FIELDS) if run_method(values) != OUR_METHOD else ()
+        parts = [_field_text(name, values.get(name)) for name in varying if name not in skip]
         labels[record.id] = ", ".join([record.config.label(), *parts])
     counts: dict[str, int] = {}
     for label in labels.values():
@@ -404,9 +458,10 @@ def run_settings_table(records: Sequence[Any], labels: Mapping[str, str] | None 
     """Every setting of each run (one row per run, :data:`SETTING_COLUMNS` titles), its label first:
     what the pages show in an expander beside a run picker."""
     labels = labels or run_labels(records)
-    rows = [{"Label": labels.get(record.id, record.id), "Run": record.id, **config_columns(record.config)}
-            for record in records]
-    return pd.DataFrame(rows, columns=["Label", "Run", *SETTING_COLUMNS.values()])
+    rows = [{"Label": labels.get(record.id, record.id), "Run": record.id, METHOD_COLUMN: run_method(record.config),
+             **config_columns(record.config)} for record in records]
+    methods = [METHOD_COLUMN] if any(row[METHOD_COLUMN] != OUR_METHOD for row in rows) else []
+    return pd.DataFrame(rows, columns=["Label", "Run", *methods, *SETTING_COLUMNS.values()])
 
 
 def status_table(records: Sequence[Any]) -> pd.DataFrame:
@@ -456,11 +511,14 @@ def runs_table(records: Sequence[Any], evaluations: Mapping[str, Mapping[str, An
             "Created": format_time(record.created),
             TRAINED_ON_COLUMN: trained_on_text(record),
         })
+        row[METHOD_COLUMN] = run_method(config)
         summary = evaluations.get(record.id)
         row.update(_evaluation_columns(summary, method, threshold))
         rows.append(row)
-    # What a comparison reads first (the varied settings and the scores), then the rest.
-    columns = ["Run", "Dataset", "Status", "Train fraction", "Augmentation", "Seed", SETTING_COLUMN,
+    # What a comparison reads first (the varied settings and the scores), then the rest; the
+    # method where another tool's model is among the runs.
+    methods = [METHOD_COLUMN] if any(row[METHOD_COLUMN] != OUR_METHOD for row in rows) else []
+    columns = ["Run", "Dataset", *methods, "Status", "Train fraction", "Augmentation", "Seed", SETTING_COLUMN,
                *_evaluation_columns(None, method, threshold).keys(), STOPPED_COLUMN, BUDGET_COLUMN,
                "Epochs", "Steps per epoch", "Model width", "Depth", "Loss", "Threshold", "Study", "Folder", "Created",
                TRAINED_ON_COLUMN, *EXTRA_CONFIG_COLUMNS.values()]

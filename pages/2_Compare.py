@@ -11,7 +11,7 @@ from core.figures import grid_heatmap, learning_curve_figure, training_curves_fi
 from core.postprocess import METHODS
 from core.report import grid_table, is_membrane_dataset, paper_comparison
 from core.runs import STATUSES, Registry
-from core.tables import (NEGATIVE_CLASS_F1_HELP, NOT_EVALUATED, TRAINING_IMAGES_COLUMN, comparable_metrics,
+from core.tables import (METHOD_COLUMN, NEGATIVE_CLASS_F1_HELP, OUR_METHOD, NOT_EVALUATED, TRAINING_IMAGES_COLUMN, comparable_metrics,
                          comparisons_table, display_table, evaluated_rows, grid_summary, headline_metrics,
                          level_comparisons, read_results_table, run_labels, run_settings_table, runs_table,
                          saved_results_tables, setting_groups, variation_text)
@@ -117,6 +117,8 @@ def show_learning_curve(evaluated, sizes: dict[str, int], method: str) -> None:
 
     rows = evaluated.assign(**{TRAINING_IMAGES_COLUMN: [sizes.get(run_id) for run_id in evaluated["Run"]]})
     rows = rows.dropna(subset=[TRAINING_IMAGES_COLUMN])
+    if METHOD_COLUMN in rows.columns:  # another tool's model was not trained on our training images
+        rows = rows[rows[METHOD_COLUMN] == OUR_METHOD]
     metric = next((c for c in rows.columns if c.startswith("Pixel F1 (Dice) at threshold")), None)
     if rows.empty or metric is None:
         st.info("No run's training images could be counted (its data is not on this machine).")
@@ -134,7 +136,8 @@ def show_learning_curve(evaluated, sizes: dict[str, int], method: str) -> None:
                     key="learning_curve")
     st.caption(f"{len(rows)} evaluated run(s), {len(panel)} series (dataset and augmentation level); each point is "
                "the mean over the runs with that many training images (error bars: 95% t interval over seeds), each "
-               "run scored on its own validation part. A power law a - b n^-c is fitted where 3 or more "
+               "run scored on its own validation part (external models, not trained here, are left out). A power law "
+               "a - b n^-c is fitted where 3 or more "
                "training-set sizes were measured. A fine-tuning run on a corrections folder adds a point to its "
                "folder's series.")
 

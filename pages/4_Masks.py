@@ -13,7 +13,7 @@ from core.metrics import metric_name, pixel_counts
 from core.overlays import (ERROR_COLOURS, display_rgb, error_overlay, label_overlay, mask_overlay,
                            probability_image)
 from core.postprocess import METHODS, postprocess
-from core.runs import Registry
+from core.runs import Registry, is_external
 from core.tables import format_count, format_score, run_labels, run_settings_table
 
 
@@ -77,8 +77,10 @@ sample = dataset[index]
 probability = maps[index]
 prediction = probability >= threshold
 counts = pixel_counts(probability, sample.mask, threshold)
+made_by = (f"{config.extra['method']}, the model's own output (scored here, not trained here)" if is_external(config)
+           else f"best checkpoint, epoch {summary['epoch']}")
 st.caption(f"{config.dataset} image {sample.name}: in this run's validation part ({summary['split_description']}); "
-           f"best checkpoint, epoch {summary['epoch']}. Positive class: {summary.get('positive_class', '')}.")
+           f"{made_by}. Positive class: {summary.get('positive_class', '')}.")
 st.markdown(
     f"On this image: {metric_name('pixel_f1', threshold)} = **{format_score(counts.f1)}**; "
     f"{metric_name('pixel_precision', threshold)} = {format_score(counts.precision)}; "
@@ -124,10 +126,15 @@ def training_pairs() -> tuple[list, list, list]:
             [s.name for s in samples])
 
 
-with st.expander(f"Correct the 'components' instances of {sample.name} at threshold {threshold:g}", expanded=False):
-    correction_panel(sample.image, instances(probability, "components", threshold, dataset.spec.connectivity),
-                     sample.name, run_id, config, dataset.channels, training_pairs, prefix="masks-fix",
-                     connectivity=dataset.spec.connectivity)
+if is_external(config):
+    st.info(f"{config.extra['method']} is another tool's model, scored here by `unetlab evaluate-model`: its weights "
+            "are not in this lab, so it cannot be fine-tuned here. Correct a U-Net run's prediction instead.")
+else:
+    with st.expander(f"Correct the 'components' instances of {sample.name} at threshold {threshold:g}",
+                     expanded=False):
+        correction_panel(sample.image, instances(probability, "components", threshold, dataset.spec.connectivity),
+                         sample.name, run_id, config, dataset.channels, training_pairs, prefix="masks-fix",
+                         connectivity=dataset.spec.connectivity)
 
 # ---- the same image across runs --------------------------------------------------------------
 
@@ -136,6 +143,14 @@ st.markdown("Compare runs on one image, e.g. the same training fraction with dif
             "Runs that did not store this image are predicted now with their best checkpoint.")
 same_data = [other.id for other in runs if other.config.dataset == config.dataset
              and other.config.root == config.root and other.config.image_size == config.image_size]
+# An external run has no checkpoint here: it is offered only where its evaluation stored this image.
+without_image = [other for other in same_data if is_external(by_id[other].config)
+                 and index not in stored_maps(str(registry.path), other, by_id[other].finished)]
+if without_image:
+    st.caption(f"Not offered for {sample.name}: {', '.join(labels[other] for other in without_image)}. An external "
+               "model's weights are not in this lab, so only the images its evaluation stored (its first validation "
+               "images) can be shown; choose one of those above to compare it.")
+same_data = [other for other in same_data if other not in without_image]
 default = [other for other in same_data if by_id[other].config.train_fraction == config.train_fraction][:4]
 chosen = st.multiselect("Runs", same_data, default=default, format_func=labels.get, key="ablation_runs")
 if chosen:
