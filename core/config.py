@@ -64,6 +64,9 @@ class RunConfig:
     # Epochs without an improvement of the validation pixel F1 after which training stops
     # (the best epoch's checkpoint is the run's best.pt either way); None trains all epochs.
     early_stopping_patience: int | None = None
+    # No early stop before this epoch: the trust-redo study saw runs stop at epoch 8 after sitting at
+    # F1 ~0 (all background) since epoch 2, then learn nothing; 0 = no minimum.
+    early_stopping_min_epochs: int = 0
     batch_size: int = 8
     patch_size: int = 256
     base_width: int = 16
@@ -143,6 +146,8 @@ class RunConfig:
                  and self.early_stopping_patience >= 1),
              f"early_stopping_patience must be at least 1 epoch (or None: no early stopping), "
              f"got {self.early_stopping_patience}"),
+            (isinstance(self.early_stopping_min_epochs, int) and self.early_stopping_min_epochs >= 0,
+             f"early_stopping_min_epochs must be 0 or more, got {self.early_stopping_min_epochs}"),
             (self.weight_decay >= 0 and math.isfinite(self.weight_decay),
              f"weight_decay must be 0 or more, got {self.weight_decay:g}"),
         ]

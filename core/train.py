@@ -273,7 +273,8 @@ def validate(
 # ---- early stopping --------------------------------------------------------------------
 
 
-def early_stopping(epochs: list[dict[str, Any]], patience: int | None) -> tuple[int | None, str | None]:
+def early_stopping(epochs: list[dict[str, Any]], patience: int | None,
+                   min_epochs: int = 0) -> tuple[int | None, str | None]:
     """The best epoch so far and, when training should stop now, why.
 
     Parameters
@@ -281,6 +282,8 @@ def early_stopping(epochs: list[dict[str, Any]], patience: int | None) -> tuple[
     epochs : the run's stored per-epoch metrics (``Registry.epochs``: epoch 0 is the untrained
         model and is not a candidate), in epoch order
     patience : ``config.early_stopping_patience``; None never stops early
+    min_epochs : ``config.early_stopping_min_epochs``; never stop before this epoch (a network that
+        starts by predicting all background can sit at F1 0 for several epochs before it learns)
 
     Returns
     -------
@@ -299,7 +302,7 @@ def early_stopping(epochs: list[dict[str, Any]], patience: int | None) -> tuple[
         f1 = row.get("val_f1")
         if f1 is not None and f1 > best_f1:
             best_f1, best_epoch = f1, row["epoch"]
-    if patience is None or last == 0:
+    if patience is None or last == 0 or last < min_epochs:
         return best_epoch, None
     since = last - (best_epoch or 0)
     if since < patience:
@@ -708,7 +711,8 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
     status = "finished"
     epoch = progress.start_epoch - 1
     stored = registry.epochs(run_id)  # what early stopping decides on (reloaded on resume)
-    stop_reason = early_stopping(stored, config.early_stopping_patience)[1] if 1 <= epoch < config.epochs else None
+    stop_reason = (early_stopping(stored, config.early_stopping_patience, config.early_stopping_min_epochs)[1]
+                   if 1 <= epoch < config.epochs else None)
     first_epoch = config.epochs + 1 if stop_reason else progress.start_epoch  # stopped before it was interrupted
     for epoch in range(first_epoch, config.epochs + 1):
         epoch_started = time.time()
@@ -733,7 +737,8 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
         if improved:
             progress.best_f1, progress.best_epoch = metrics["val_f1"], epoch
         if epoch < config.epochs:  # stopping at the last epoch is no early stop
-            stop_reason = early_stopping([*stored, {"epoch": epoch, **metrics}], config.early_stopping_patience)[1]
+            stop_reason = early_stopping([*stored, {"epoch": epoch, **metrics}], config.early_stopping_patience,
+                                         config.early_stopping_min_epochs)[1]
         if stop_reason:
             metrics["note"] = stop_reason
         save_epoch(trainer, data, config, epoch, metrics, progress, checkpoint_dir, improved)

@@ -168,6 +168,13 @@ def test_early_stopping_rule_reads_the_stored_epochs():
     assert early_stopping(epochs, 2) == (5, None)  # epoch 5 improved: one epoch since
     assert early_stopping(epochs[:1], 1) == (None, None)  # only the untrained model
     assert early_stopping([{"epoch": 1, "val_f1": float("nan")}], 1)[1].startswith("stopped early at epoch 1")
+    # A minimum number of epochs: the same history does not stop at epoch 4 when at least 5 are required.
+    assert early_stopping(epochs[:5], 2, min_epochs=5) == (2, None)
+    assert early_stopping(epochs[:5], 2, min_epochs=4)[1].startswith("stopped early at epoch 4")
+    # The collapse seen in the trust-redo study: F1 ~0 from epoch 2 on stops at epoch 8 with patience 6 ...
+    collapsed = [{"epoch": e, "val_f1": f} for e, f in enumerate([0.19, 0.22, 0.02, 0.01, 0.0, 0.0, 0.0, 0.0], 1)]
+    assert early_stopping(collapsed, 6)[1].startswith("stopped early at epoch 8")
+    assert early_stopping(collapsed, 6, min_epochs=15) == (2, None)  # ... but not before a minimum of 15
 
 
 class StopAfterEpoch(StopRequest):

@@ -15,6 +15,7 @@ SHARED_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
                                 "the most a run trains"),
     ("--patience", "early_stopping_patience", int,
      "stop a run after N epochs without an improvement of the validation pixel F1 (default: train every epoch)"),
+    ("--min-epochs", "early_stopping_min_epochs", int, "with --patience: never stop a run before epoch N"),
     ("--steps-per-epoch", "steps_per_epoch", int, "optimiser steps per epoch (default 25)"),
     ("--batch-size", "batch_size", int, "patches per step (default 8)"),
     ("--patch-size", "patch_size", int, "training patch side in pixels (default 256)"),

@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--patience", dest="early_stopping_patience", type=int, metavar="N",
                         help="stop after N epochs without an improvement of the validation pixel F1 "
                              "(--epochs is then the most it trains; default: train every epoch)")
+    parser.add_argument("--min-epochs", dest="early_stopping_min_epochs", type=int,
+                        default=defaults.early_stopping_min_epochs, metavar="N",
+                        help="with --patience: never stop before epoch N (default 0)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--patch-size", type=int, default=defaults.patch_size)
     parser.add_argument("--width", dest="base_width", type=int, default=defaults.base_width,
