@@ -43,6 +43,16 @@ def stored_maps(registry_path: str, run_id: str, finished: float | None) -> dict
             for position in [int(key.split("_")[1])] if f"index_{position}" in arrays}
 
 
+@st.cache_data(show_spinner="Loading stored predictions...", max_entries=50)
+def stored_labels(registry_path: str, run_id: str, finished: float | None, method: str) -> dict[int, np.ndarray]:
+    """Dataset index -> the instance labels of post-processing ``method`` stored with a run's
+    evaluation (at the run's own threshold), for the images whose probability maps it stored."""
+    arrays = Registry(registry_path).evaluation_arrays(run_id, "val")
+    return {int(arrays[f"index_{position}"]): arrays[key]
+            for key in arrays if key.startswith("labels_") and key.endswith(f"_{method}")
+            for position in [int(key.split("_")[1])] if f"index_{position}" in arrays}
+
+
 @st.cache_data(show_spinner="Loading the stored curves...", max_entries=200)
 def stored_curves(registry_path: str, run_id: str, finished: float | None) -> Any:
     """A run's stored ROC / precision-recall curves (a PixelCurves), or None."""

@@ -35,12 +35,15 @@ PREVIEW_SIDE = 2048
 
 @dataclass
 class UploadPrediction:
-    """The probability map of an upload (float16, full size) and how it was made."""
+    """The probability map of an upload (float16, full size) and how it was made; a model trained
+    with target "mask+contour" also gives its outline probability (float16, same size), which
+    the ``seeded-watershed`` post-processing needs."""
 
     probability: np.ndarray  # float16 (H, W) in [0, 1]
     seconds: float
     tiles: int
     scale_note: str
+    contour: np.ndarray | None = None  # float16 (H, W) in [0, 1], or None
 
 
 def predict_upload(loaded: LoadedModel, image: np.ndarray, name: str, tile_size: int | None = None,
@@ -50,8 +53,9 @@ def predict_upload(loaded: LoadedModel, image: np.ndarray, name: str, tile_size:
 
     prediction = predict_image(loaded, image, tile_size=tile_size, flip_tta=flip_tta, source=name,
                                            scale=scale)
+    contour = None if prediction.contour is None else prediction.contour.astype(np.float16)
     return UploadPrediction(probability=prediction.probability.astype(np.float16), seconds=prediction.seconds,
-                            tiles=prediction.tiles, scale_note=prediction.scale_note())
+                            tiles=prediction.tiles, scale_note=prediction.scale_note(), contour=contour)
 
 
 def compact_labels(labels: np.ndarray) -> np.ndarray:

@@ -616,6 +616,22 @@ def _evaluation_columns(summary: Mapping[str, Any] | None, method: str, threshol
     return dict(zip(columns, values))
 
 
+def evaluated_methods(summaries: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """The post-processing methods to offer for instance scores: every method of
+    :data:`core.postprocess.METHODS`, then any other method the stored evaluations scored (e.g.
+    ``seeded-watershed``, which only mask+contour runs are scored with), in the order found.
+
+    >>> evaluated_methods({"a": {"instances": {"components": {}, "seeded-watershed": {}}}, "b": None})
+    ['components', 'watershed', 'kmeans-watershed', 'seeded-watershed']
+    """
+    from core.postprocess import METHODS
+
+    methods = list(METHODS)
+    for summary in summaries.values():
+        methods += [name for name in (summary or {}).get("instances", {}) if name not in methods]
+    return methods
+
+
 def comparable_metrics(table: pd.DataFrame) -> list[str]:
     """The numeric metric columns of a :func:`runs_table` that have at least one value."""
     settings = {"Train fraction", "Seed", "Epochs", "Steps per epoch", "Model width", "Depth", "Threshold",

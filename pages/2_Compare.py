@@ -8,11 +8,10 @@ import streamlit as st
 from app_shared import stored_summary
 from core.errors import UNetLabError
 from core.figures import grid_heatmap, learning_curve_figure, training_curves_figure
-from core.postprocess import METHODS
 from core.report import grid_table, is_membrane_dataset, paper_comparison
 from core.runs import STATUSES, Registry
 from core.tables import (METHOD_COLUMN, NEGATIVE_CLASS_F1_HELP, OUR_METHOD, NOT_EVALUATED, TRAINING_IMAGES_COLUMN, comparable_metrics,
-                         comparisons_table, display_table, evaluated_rows, grid_summary, headline_metrics,
+                         comparisons_table, display_table, evaluated_methods, evaluated_rows, grid_summary, headline_metrics,
                          level_comparisons, read_results_table, run_labels, run_settings_table, runs_table,
                          saved_results_tables, setting_groups, variation_text)
 
@@ -188,11 +187,12 @@ present = [status for status in STATUSES if any(run.status == status for run in 
 chosen_statuses = filters[1].multiselect("Status", present, default=present, key="filter_statuses")
 studies = sorted({run.study or "(none)" for run in runs})
 chosen_studies = filters[2].multiselect("Study", studies, default=studies, key="filter_studies")
-method = filters[3].selectbox("Post-processing for the instance scores", list(METHODS), key="method")
-
 shown = [run for run in runs if run.config.dataset in chosen_datasets and run.status in chosen_statuses
          and (run.study or "(none)") in chosen_studies]
 summaries = {run.id: stored_summary(str(registry.path), run.id, run.finished) for run in shown}
+method = filters[3].selectbox("Post-processing for the instance scores", evaluated_methods(summaries), key="method",
+                              help="Methods a mask+contour run was also scored with (seeded-watershed) are listed "
+                                   "where such a run is shown; runs not scored with a method have empty cells.")
 table = runs_table(shown, summaries, method=method)
 st.caption("Scores are computed on each run's fixed validation part (never trained on) with its best "
            f"checkpoint; pixel scores sum TP/FP/FN over the validation images; mAPs are means over images. "

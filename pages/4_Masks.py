@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app_shared import (cached_dataset, cached_model, correction_panel, evaluated_runs, stored_maps,
+from app_shared import (cached_dataset, cached_model, correction_panel, evaluated_runs, stored_labels, stored_maps,
                         stored_summary)
 from core.errors import UNetLabError
 from core.metrics import metric_name, pixel_counts
 from core.overlays import (ERROR_COLOURS, display_rgb, error_overlay, label_overlay, mask_overlay,
                            probability_image)
-from core.postprocess import METHODS, postprocess
+from core.postprocess import CONTOUR_METHODS, methods_for, postprocess
 from core.runs import Registry, is_external
 from core.tables import format_count, format_score, run_labels, run_settings_table
 
@@ -26,9 +26,20 @@ def live_probability(checkpoint: str, modified: float, name: str, root: str | No
     return predict_image(cached_model(checkpoint, modified), image).probability
 
 
+@st.cache_data(show_spinner="Predicting the outlines...", max_entries=64)
+def live_contour(checkpoint: str, modified: float, name: str, root: str | None, size: int | None,
+                 index: int) -> np.ndarray | None:
+    """The outline probability of a mask+contour model on a dataset image (None for other models)."""
+    from core.inference import predict_image
+
+    image = cached_dataset(name, root, size)[index].image
+    return predict_image(cached_model(checkpoint, modified), image).contour
+
+
 @st.cache_data(show_spinner="Post-processing...", max_entries=64)
-def instances(probability: np.ndarray, method: str, threshold: float, connectivity: int) -> np.ndarray:
-    return postprocess(probability, method, threshold=threshold, connectivity=connectivity)
+def instances(probability: np.ndarray, method: str, threshold: float, connectivity: int,
+              contour: np.ndarray | None = None) -> np.ndarray:
+    return postprocess(probability, method, contour=contour, threshold=threshold, connectivity=connectivity)
 
 
 @st.cache_data(show_spinner=False, max_entries=200)
@@ -101,16 +112,39 @@ st.markdown(legend + " &nbsp; (true negatives: the image)", unsafe_allow_html=Tr
 
 st.subheader("Instances of each post-processing method")
 truth_labels = sample.instances
-method_columns = st.columns(len(METHODS) + 1)
+methods = methods_for(config.target == "mask+contour")
+contour, contour_note = None, ""
+if any(method in CONTOUR_METHODS for method in methods):
+    # The evaluation stores probability maps, not outline maps: the outlines come from the best checkpoint,
+    # else the labels the evaluation stored (at the run's own threshold) are shown.
+    try:
+        checkpoint = run.best_checkpoint
+        contour = live_contour(str(checkpoint), checkpoint.stat().st_mtime, config.dataset, config.root,
+                               config.image_size, index)
+    except (UNetLabError, OSError):
+        contour_note = (f" (its best checkpoint is not here: the labels its evaluation stored, at threshold "
+                        f"{config.threshold:g})")
+method_columns = st.columns(len(methods) + 1)
 if truth_labels is not None:
     method_columns[0].image(label_overlay(sample.image, truth_labels, opacity),
                             caption=f"truth: {int(len(np.unique(truth_labels)) - 1)} objects", width="stretch")
 else:
     method_columns[0].info("This dataset has no instance labels.")
-for column, method in zip(method_columns[1:], METHODS):
-    labels_image = instances(probability, method, threshold, dataset.spec.connectivity)
+for column, method in zip(method_columns[1:], methods):
+    if method in CONTOUR_METHODS and contour is None:
+        labels_image = stored_labels(str(registry.path), run_id, run.finished, method).get(index)
+        if labels_image is None:
+            column.info(f"{method}: needs this run's outline map, which is not stored for this image and its best "
+                        "checkpoint is not here to predict it.")
+            continue
+        note = contour_note
+    else:
+        labels_image, note = instances(probability, method, threshold, dataset.spec.connectivity, contour), ""
     column.image(label_overlay(sample.image, labels_image, opacity),
-                 caption=f"{method}: {int(labels_image.max())} objects", width="stretch")
+                 caption=f"{method}: {int(labels_image.max())} objects{note}", width="stretch")
+if contour is not None:
+    st.caption(f"{', '.join(m for m in methods if m in CONTOUR_METHODS)}: seeds where the foreground is not outline, "
+               "grown over the outline probability this mask+contour run predicts (from its best checkpoint).")
 
 # ---- correct the prediction and fine-tune ---------------------------------------------------------
 

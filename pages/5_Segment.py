@@ -16,7 +16,7 @@ from core.datasets.io import MAX_UPLOAD_PIXELS, UPLOAD_SUFFIXES
 from core.errors import UNetLabError
 from core.overlays import (label_overlay, labels_download, labels_file_type, mask_download, mask_overlay,
                            probability_image)
-from core.postprocess import METHODS, postprocess, postprocess_parameters
+from core.postprocess import CONTOUR_METHODS, methods_for, postprocess, postprocess_parameters
 from core.predictions import dataset_kind
 from core.runs import Registry
 from core.segment import (SegmentedImage, combined_facts, compact_labels, image_facts, mismatch_warnings,
@@ -45,9 +45,12 @@ def predicted(checkpoint: str, modified: float, name: str, data: bytes, plane: i
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def instances(probability: np.ndarray, method: str, params: tuple) -> tuple[np.ndarray, float]:
+def instances(probability: np.ndarray, method: str, params: tuple,
+              contour: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Instance labels of a probability map (the outline map too, for a mask+contour model) and
+    the seconds they took."""
     started = time.perf_counter()
-    labels = compact_labels(postprocess(probability, method, **dict(params)))
+    labels = compact_labels(postprocess(probability, method, contour=contour, **dict(params)))
     return labels, time.perf_counter() - started
 
 
@@ -138,7 +141,10 @@ with st.sidebar:
     st.header("Segmentation settings")
     threshold = st.slider("Threshold (probability >= threshold is foreground)", 0.01, 0.99,
                           float(run.config.threshold), 0.01, key="segment_threshold")
-    method = st.selectbox("Post-processing (instances)", list(METHODS), key="segment_method")
+    has_contour = run.config.target == "mask+contour"
+    method = st.selectbox("Post-processing (instances)", methods_for(has_contour), key="segment_method",
+                          help="A model trained with target mask+contour also predicts object outlines, which "
+                               f"{', '.join(CONTOUR_METHODS)} grows its seeds over; the other models offer the rest.")
     params: dict = {"threshold": threshold}
     for parameter in postprocess_parameters(method):
         name, default = parameter["name"], parameter["default"]
@@ -196,7 +202,8 @@ bar = st.progress(0.0, text=f"Segmenting {len(items)} image(s)...") if len(items
 for number, (name, data, plane, shown_plane) in enumerate(items, start=1):
     try:
         prediction = predicted(str(checkpoint), modified, name, data, plane, tile_size, flip_tta, scale)
-        labels_image, post_seconds = instances(prediction.probability, method, tuple(sorted(params.items())))
+        labels_image, post_seconds = instances(prediction.probability, method, tuple(sorted(params.items())),
+                                               prediction.contour)
     except (UNetLabError, OSError) as error:
         st.error(f"Cannot segment {name}{'' if shown_plane is None else f' plane {shown_plane}'}. {error}")
         continue
