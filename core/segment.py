@@ -27,6 +27,8 @@ from core.tables import SCORE_DECIMALS
 if TYPE_CHECKING:
     import pandas as pd
 
+    from core.datasets.ome import Plane
+
     from core.inference import LoadedModel
 
 #: Longest side of the images shown on the page; downloads keep the full size.
@@ -85,9 +87,18 @@ def preview_float(image: np.ndarray, max_side: int = PREVIEW_SIDE) -> np.ndarray
 # ---- several files and stacks ---------------------------------------------------------------
 
 
-def read_upload_planes(name: str, data: bytes) -> np.ndarray:
+def read_upload_planes(name: str, data: bytes, plane: Plane | None = None,
+                       samples_as_planes: bool = False) -> np.ndarray:
     """An uploaded file as planes of native dtype, shape (N, H, W, C): N = 1 for an image, the
     number of pages (planes) for a TIFF stack, which the Segment page offers plane by plane.
+
+    Parameters
+    ----------
+    name, data : the upload's file name and bytes
+    plane : the channel, z-plane and time point of an OME-TIFF or zipped OME-Zarr (one plane, N = 1;
+        :func:`core.datasets.io.upload_plane_choices` lists the axes to choose along)
+    samples_as_planes : read a TIFF of 3 planar colour samples
+        (:func:`core.datasets.io.planar_colour_tiff`) as 3 grey planes instead of one RGB image
 
     Raises
     ------
@@ -95,9 +106,13 @@ def read_upload_planes(name: str, data: bytes) -> np.ndarray:
         As :func:`core.datasets.io.read_upload` does (naming the file by ``name``), and for a
         stack whose planes are not grey or RGB images.
     """
-    from core.datasets.io import MAX_UPLOAD_PIXELS, read_upload
+    from core.datasets.io import MAX_UPLOAD_PIXELS, read_samples_as_planes, read_upload
     from core.errors import DatasetError
 
+    if samples_as_planes:
+        return read_samples_as_planes(name, data)
+    if plane is not None:
+        return read_upload(name, data, as_float=False, plane=plane)[None]
     try:
         return read_upload(name, data, as_float=False)[None]
     except DatasetError as error:

@@ -12,7 +12,8 @@ import streamlit as st
 
 from app_shared import cached_dataset, cached_model, correction_panel, stored_summary
 from core.datasets.base import CONNECTIVITY
-from core.datasets.io import MAX_UPLOAD_PIXELS, UPLOAD_SUFFIXES
+from core.datasets.io import MAX_UPLOAD_PIXELS, UPLOAD_SUFFIXES, planar_colour_tiff, upload_plane_choices
+from core.datasets.ome import Plane
 from core.errors import UNetLabError
 from core.overlays import (label_overlay, labels_download, labels_file_type, mask_download, mask_overlay,
                            probability_image)
@@ -29,19 +30,54 @@ from core.tables import default_model, display_table, format_count, model_facts,
 FACT_IMAGES = 12
 
 
+#: How an upload is read: the (axis, index) pairs of the plane chosen in an OME file (index None:
+#: every channel), and whether a TIFF's 3 planar colour samples are read as 3 grey planes.
+ReadChoice = tuple[tuple[tuple[str, int | None], ...], bool]
+#: The picker's name of each OME axis.
+AXIS_NAMES = {"c": "Channel", "z": "Z-plane", "t": "Time point"}
+AS_RGB, AS_PLANES = "one RGB image", "3 grey planes (a stack)"
+
+
 # Few entries: a 64-megapixel upload's arrays are hundreds of MB, and each entry is per file.
 @st.cache_data(show_spinner=False, max_entries=8)
-def decoded_planes(name: str, data: bytes) -> np.ndarray:
-    return read_upload_planes(name, data)
+def decoded_planes(name: str, data: bytes, read: ReadChoice = ((), False)) -> np.ndarray:
+    axes, samples_as_planes = dict(read[0]), read[1]
+    plane = Plane(channel=axes.get("c"), z=axes.get("z"), t=axes.get("t") or 0) if axes else None
+    return read_upload_planes(name, data, plane=plane, samples_as_planes=samples_as_planes)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def plane_choices(name: str, data: bytes) -> dict[str, int]:
+    return upload_plane_choices(name, data)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def predicted(checkpoint: str, modified: float, name: str, data: bytes, plane: int, tile_size: int, flip_tta: bool,
-              scale: str):
+              scale: str, read: ReadChoice = ((), False)):
     from core.segment import predict_upload  # torch loads only once an image is uploaded
 
-    return predict_upload(cached_model(checkpoint, modified), decoded_planes(name, data)[plane], name, tile_size,
+    return predict_upload(cached_model(checkpoint, modified), decoded_planes(name, data, read)[plane], name, tile_size,
                           flip_tta, scale)
+
+
+def read_choice(name: str, data: bytes, digest: str) -> ReadChoice:
+    """The plane picker of an OME-TIFF or zipped OME-Zarr upload (one selectbox per axis with more
+    than one position), or the choice between RGB and 3 grey planes for a planar 3-sample TIFF."""
+    choices = plane_choices(name, data)
+    if choices:
+        columns = st.columns(len(choices))
+        picked = {}
+        for column, (axis, size) in zip(columns, choices.items()):
+            options = ([None] if axis == "c" and size == 3 else []) + list(range(size))
+            picked[axis] = column.selectbox(
+                f"{AXIS_NAMES.get(axis, axis)} of {name} ({size})", options, key=f"axis-{axis}-{name}-{digest}",
+                format_func=lambda i: "all 3 (as RGB)" if i is None else str(i))
+        return tuple(sorted(picked.items())), False
+    if planar_colour_tiff(data):
+        how = st.radio(f"{name} holds 3 planes stored as the colour samples of one image: read it as", [AS_RGB, AS_PLANES],
+                       horizontal=True, key=f"samples-{name}-{digest}")
+        return (), how == AS_PLANES
+    return (), False
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -93,7 +129,8 @@ def positive_class(dataset: str) -> str:
 
 
 st.title("Segment")
-st.markdown("Upload PNG, JPEG or TIFF images or TIFF stacks (8 or 16 bit; grey, RGB or RGBA; any size up to "
+st.markdown("Upload PNG, JPEG or TIFF images, TIFF stacks, OME-TIFF files or zipped OME-Zarr images (a plane "
+            "picker per channel, z and time axis; 8 or 16 bit; grey, RGB or RGBA; any size up to "
             f"{MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels each, predicted tile by tile), pick a trained model, and "
             "download the masks, label images and object counts of them all as one zip.")
 
@@ -173,23 +210,25 @@ if not uploads:
 
 # ---- what to segment: every file, and the chosen planes of each stack ---------------------------
 
-items: list[tuple[str, bytes, int, int | None]] = []  # (file name, bytes, plane, plane shown or None)
+# (file name, bytes, how it is read, plane, plane shown or None)
+items: list[tuple[str, bytes, ReadChoice, int, int | None]] = []
 for upload in uploads:
     data = upload.getvalue()
+    digest = hashlib.sha1(data).hexdigest()[:10]
     try:
-        planes = decoded_planes(upload.name, data)
+        read = read_choice(upload.name, data, digest)
+        planes = decoded_planes(upload.name, data, read)
     except (UNetLabError, OSError) as error:
         st.error(f"Cannot segment {upload.name}. {error}")
         continue
     if len(planes) == 1:
-        items.append((upload.name, data, 0, None))
+        items.append((upload.name, data, read, 0, None))
         continue
-    digest = hashlib.sha1(data).hexdigest()[:10]
     chosen = st.multiselect(f"Planes of the stack {upload.name} ({len(planes)} planes of "
                             f"{planes.shape[2]} x {planes.shape[1]} pixels)", list(range(len(planes))),
                             default=list(range(len(planes))), key=f"planes-{upload.name}-{digest}",
                             format_func=lambda plane: f"plane {plane}")
-    items += [(upload.name, data, plane, plane) for plane in chosen]
+    items += [(upload.name, data, read, plane, plane) for plane in chosen]
 if not items:
     st.stop()
 
@@ -199,9 +238,9 @@ params["connectivity"] = CONNECTIVITY[dataset_kind(run.config.dataset)]
 results: list[SegmentedImage] = []
 probabilities, predictions = [], []
 bar = st.progress(0.0, text=f"Segmenting {len(items)} image(s)...") if len(items) > 1 else None
-for number, (name, data, plane, shown_plane) in enumerate(items, start=1):
+for number, (name, data, read, plane, shown_plane) in enumerate(items, start=1):
     try:
-        prediction = predicted(str(checkpoint), modified, name, data, plane, tile_size, flip_tta, scale)
+        prediction = predicted(str(checkpoint), modified, name, data, plane, tile_size, flip_tta, scale, read)
         labels_image, post_seconds = instances(prediction.probability, method, tuple(sorted(params.items())),
                                                prediction.contour)
     except (UNetLabError, OSError) as error:
@@ -210,7 +249,7 @@ for number, (name, data, plane, shown_plane) in enumerate(items, start=1):
     results.append(SegmentedImage(name, shown_plane, prediction.probability >= threshold, labels_image,
                                   prediction.seconds + post_seconds))
     probabilities.append(prediction)
-    predictions.append((name, data, plane))
+    predictions.append((name, data, read, plane))
     if bar is not None:
         bar.progress(number / len(items), text=f"Segmented {number} of {len(items)}: {name}"
                      + ("" if shown_plane is None else f" plane {shown_plane}"))
@@ -227,8 +266,8 @@ if len(results) > 1:
     st.caption(f"Segmented in {total_seconds:.2f} s (prediction + post-processing, cached results count as "
                f"computed). Objects: '{method}' instances at threshold {threshold:g}.")
     gallery = st.columns(4)
-    for position, (result, (name, data, plane)) in enumerate(zip(results, predictions)):
-        image = preview_float(decoded_planes(name, data)[plane], 384)
+    for position, (result, (name, data, read, plane)) in enumerate(zip(results, predictions)):
+        image = preview_float(decoded_planes(name, data, read)[plane], 384)
         gallery[position % 4].image(label_overlay(image, preview(result.labels, 384), opacity), width="stretch",
                                     caption=f"{result.stem}: {format_count(object_areas(result.labels).size)} objects")
 table = objects_table(results)
@@ -247,8 +286,8 @@ if len(results) > 1:
     st.header("One image in detail")
     position = st.selectbox("Image", range(len(results)), format_func=lambda i: results[i].stem, key="segment_detail")
 result, prediction = results[position], probabilities[position]
-name, data, plane = predictions[position]
-image = decoded_planes(name, data)[plane]
+name, data, read, plane = predictions[position]
+image = decoded_planes(name, data, read)[plane]
 probability, seconds, tiles = prediction.probability, prediction.seconds, prediction.tiles
 labels_image, mask = result.labels, result.mask
 loaded = cached_model(str(checkpoint), modified)
@@ -260,7 +299,10 @@ metrics[1].metric("Foreground pixels", f"{mask.mean():.1%}", help=f"probability 
 metrics[2].metric("Prediction time", f"{seconds:.2f} s",
                   help=f"{tiles} tile(s) of up to {tile_size} px on {loaded.device.type}, {loaded.precision}")
 metrics[3].metric("Post-processing time", f"{result.seconds - seconds:.2f} s")
-st.caption(f"{name}{'' if result.plane is None else f' plane {result.plane}'}: {width} x {height} pixels, "
+ome_plane = ", ".join(f"{AXIS_NAMES.get(axis, axis).lower()} {'all' if index is None else index}"
+                      for axis, index in read[0])
+st.caption(f"{name}{'' if result.plane is None else f' plane {result.plane}'}{f' ({ome_plane})' if ome_plane else ''}: "
+           f"{width} x {height} pixels, "
            f"{image.shape[2]} channel(s) (model expects {loaded.channels}); {prediction.scale_note}; {run.note} "
            f"(epoch {loaded.epoch}).")
 trained = facts_of_model(run.config)

@@ -95,3 +95,49 @@ def test_every_tiff_page_counts_towards_the_limit():
         read_upload("stack.tif", data, max_pixels=100)  # page 0 alone (60 pixels) would pass
     with pytest.raises(DatasetError, match="a stack of 3 pages"):
         read_upload("stack.tif", data, max_pixels=1000)  # under the limit: decoded, and refused as a stack
+
+
+# ---- plane pickers: OME uploads and TIFFs of 3 planar colour samples (#16) ------------------------
+
+
+def ome_tiff(channels: int = 2, z: int = 4, shape=(48, 40)) -> tuple[bytes, np.ndarray]:
+    """An OME-TIFF (c, z, y, x) whose plane (c, z) has the constant value 10 * c + z + 1."""
+    planes = np.stack([np.stack([np.full(shape, 10 * c + k + 1, np.uint8) for k in range(z)])
+                       for c in range(channels)])
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, planes, ome=True, metadata={"axes": "CZYX"})
+    return buffer.getvalue(), planes
+
+
+def test_upload_plane_choices_and_the_chosen_plane_of_an_ome_tiff():
+    from core.datasets.ome import Plane
+    from core.segment import read_upload_planes
+
+    data, planes = ome_tiff()
+    assert image_io.upload_plane_choices("cells.ome.tif", data) == {"c": 2, "z": 4}
+    assert image_io.upload_plane_choices("cells.tif", data) == {}  # only OME names get a plane picker
+    assert image_io.upload_plane_choices("cells.png", png(np.zeros((4, 4), np.uint8))) == {}
+    chosen = read_upload_planes("cells.ome.tif", data, plane=Plane(channel=1, z=2))
+    assert chosen.shape == (1, 48, 40, 1) and np.all(chosen == planes[1, 2, :, :, None]) and chosen[0, 0, 0, 0] == 13
+
+
+def test_a_planar_three_sample_tiff_reads_as_rgb_or_as_three_planes():
+    from core.segment import read_upload_planes
+
+    stack = np.stack([np.full((20, 30), value, np.uint8) for value in (5, 6, 7)])
+    buffer = io.BytesIO()
+    # How tifffile stores a (3, H, W) array by default (so far): one planar RGB page.
+    tifffile.imwrite(buffer, stack, photometric="rgb", planarconfig="separate")
+    data = buffer.getvalue()
+    assert image_io.planar_colour_tiff(data)
+    assert read_upload_planes("s.tif", data).shape == (1, 20, 30, 3)  # what the header says
+    planes = read_upload_planes("s.tif", data, samples_as_planes=True)
+    assert planes.shape == (3, 20, 30, 1) and planes.dtype == np.uint8 and planes[:, 0, 0, 0].tolist() == [5, 6, 7]
+    # Interleaved RGB, a 3-page grey stack and a PNG are not ambiguous.
+    rgb = io.BytesIO()
+    tifffile.imwrite(rgb, np.zeros((20, 30, 3), np.uint8), photometric="rgb")
+    pages = io.BytesIO()
+    tifffile.imwrite(pages, stack, photometric="minisblack")
+    assert not any(image_io.planar_colour_tiff(d) for d in (rgb.getvalue(), pages.getvalue(), png(stack[0])))
+    with pytest.raises(DatasetError, match="planar colour samples"):
+        image_io.read_samples_as_planes("p.tif", pages.getvalue())

@@ -436,6 +436,70 @@ def upload_layout(name: str, data: bytes) -> Layout:
     return Layout(sizes={"y": height, "x": width})
 
 
+#: Upload name endings whose planes (channel, z, t) a picker offers: OME-TIFF and zipped OME-Zarr.
+OME_UPLOAD_SUFFIXES: tuple[str, ...] = (".ome.tif", ".ome.tiff", ".zip")
+
+
+def upload_plane_choices(name: str, data: bytes) -> dict[str, int]:
+    """The axes of an OME-TIFF or zipped OME-Zarr upload a user may choose a plane along
+    (:attr:`Layout.choices`, e.g. ``{"c": 2, "z": 4}``); empty for any other file, whose pages
+    (a plain TIFF stack) are offered as planes instead.
+
+    Raises
+    ------
+    DatasetError
+        The OME file cannot be read.
+    """
+    if not name.lower().endswith(OME_UPLOAD_SUFFIXES):
+        return {}
+    return upload_layout(name, data).choices
+
+
+#: Colour samples a planar TIFF holds when it may as well be a stack of grey planes.
+AMBIGUOUS_SAMPLES = 3
+
+
+def planar_colour_tiff(data: bytes) -> bool:
+    """Whether a (non-OME) TIFF holds its image as :data:`AMBIGUOUS_SAMPLES` colour samples stored
+    plane by plane (axes ``SYX``): how tifffile, among others, writes a (3, H, W) array, which is
+    as often a stack of 3 grey planes as an RGB image. Such a file is read as RGB (what its header
+    says); :func:`read_samples_as_planes` reads it as 3 grey planes instead. Interleaved RGB
+    (``YXS``, how colour images are normally stored) is not ambiguous."""
+    if data[:4] not in _TIFF_MAGIC:
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            series = tif.series[0]
+            return (not tif.is_ome and series.axes == "SYX"
+                    and int(series.shape[0]) == AMBIGUOUS_SAMPLES)
+    except Exception:  # noqa: BLE001 - not readable: the reader says why
+        return False
+
+
+def read_samples_as_planes(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> np.ndarray:
+    """The colour samples of a :func:`planar_colour_tiff` as grey planes, (3, H, W, 1), native dtype.
+
+    Raises
+    ------
+    DatasetError
+        The file is not such a TIFF, is unreadable, or holds more than ``max_pixels`` pixels.
+    """
+    import tifffile
+
+    if not planar_colour_tiff(data):
+        raise DatasetError(f"{name}: not a TIFF of {AMBIGUOUS_SAMPLES} planar colour samples")
+    check_declared_size(name, data, max_pixels)
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            array = tif.series[0].asarray()
+    except Exception as error:  # noqa: BLE001
+        raise DatasetError(f"{name}: unreadable or corrupt TIFF ({type(error).__name__}: {str(error)[:160]})") from None
+    planes = np.stack([_native_dtype(sample, name) for sample in array])
+    return np.ascontiguousarray(planes[..., None])
+
+
 def image_dimensions(name: str, data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS) -> tuple[int, int]:
     """(height, width) from the header of a PNG / JPEG / TIFF (its first page), without decoding the pixels.
 
