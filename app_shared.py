@@ -320,3 +320,57 @@ def _as_float(image: np.ndarray) -> np.ndarray:
     from core.datasets.io import to_float
 
     return to_float(image) if image.dtype != np.float32 else image
+
+
+# ---- a run as a bioimage.io model package (the Segment page) ------------------------------------
+
+#: The session-state key of the package built last: (run id, zip bytes, a sentence about it).
+PACKAGE_STATE = "bioimageio_package"
+
+
+def bioimageio_panel(model_key: str, run: RunRecord | None, registry: Registry) -> None:
+    """A button that builds a trained run's bioimage.io model package (``core.export.package_zip``)
+    on click, with a spinner, then offers the zip for download; never built on a rerun.
+
+    Parameters
+    ----------
+    model_key : the model picker's key (a run id, or ``starter:<name>`` for a shipped model)
+    run : the run's registry record, or None for a shipped model
+    registry : the registry the run is in
+    """
+    from core.runs import is_external
+
+    if run is None:
+        st.info("A shipped model is not a run of this registry, so it is not packaged here: train a run (or "
+                "fine-tune this model) and package that run. `unetlab export --run RUN_ID` does the same.")
+        return
+    if is_external(run.config):
+        st.info(f"{run.config.extra.get('method')} is another tool's model, scored here by `unetlab evaluate-model`; "
+                "its weights are not in this lab, so it is not packaged here (get it from its own source).")
+        return
+    validate = st.checkbox("Test the package with bioimageio.core as `bioimageio test` does (about twice as long)",
+                           value=True, key="bioimageio_validate")
+    if st.button("Download as a bioimage.io model (zip)", key="bioimageio_build",
+                 help="Writes the run as a bioimage.io model package (spec 0.5: rdf.yaml, PyTorch state dict, "
+                      "TorchScript and ONNX weights, a test image and its output) for Fiji (deepImageJ), ilastik, "
+                      "BiaPy, QuPath and napari. Takes about a minute with the test, half without."):
+        from core.errors import UNetLabError
+        from core.export import package_zip  # torch and bioimageio load only when a package is built
+
+        with st.spinner(f"Building the bioimage.io package of run {model_key}..."):
+            try:
+                data, result = package_zip(model_key, registry, validate=validate)
+            except (UNetLabError, OSError, ImportError) as error:
+                st.session_state.pop(PACKAGE_STATE, None)
+                st.error(f"The package of run {model_key} could not be built: {error}")
+                return
+        tested = (f"tested by bioimageio.core: {result.validation}" if validate
+                  else "not tested (tick the test above to check it)")
+        st.session_state[PACKAGE_STATE] = (
+            model_key, data, f"{len(data) / 1e6:.1f} MB, {result.rdf.name} with weights "
+                             f"{', '.join(result.formats)}; built in {result.seconds:.0f} s, {tested}.")
+    package = st.session_state.get(PACKAGE_STATE)
+    if package is not None and package[0] == model_key:
+        st.download_button("Save the bioimage.io package (zip)", package[1], file_name=f"{model_key}-bioimageio.zip",
+                           mime="application/zip", key="bioimageio_download", type="primary")
+        st.caption(f"The package of run {model_key}: {package[2]}")

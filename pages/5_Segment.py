@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app_shared import cached_dataset, cached_model, correction_panel, stored_summary
+from app_shared import bioimageio_panel, cached_dataset, cached_model, correction_panel, stored_summary
 from core.datasets.base import CONNECTIVITY
 from core.datasets.io import MAX_UPLOAD_PIXELS, UPLOAD_SUFFIXES, planar_colour_tiff, upload_plane_choices
 from core.datasets.ome import Plane
@@ -169,6 +169,8 @@ chosen_key = top[1].selectbox("Model", keys, format_func=lambda key: facts[key].
                                    "work before any training; your runs appear once they have a best checkpoint.")
 run = by_key[chosen_key]  # what the settings below read: .config and .checkpoint
 st.caption(f"Default for '{kind}': {facts[best_key].label}. Chosen: {run.note}.")
+with st.expander("Use this model in Fiji, ilastik, QuPath or napari: a bioimage.io model package"):
+    bioimageio_panel(chosen_key, runs_by_id.get(chosen_key), registry)
 # No `type=` filter: Streamlit would refuse other files with an exception; read_upload names the problem.
 uploads = st.file_uploader("Images or TIFF stacks (PNG, JPEG or TIFF)", key="upload", accept_multiple_files=True,
                            help="Several files at once; a TIFF stack's planes are offered one by one. 8 or 16 bit; "
