@@ -239,11 +239,13 @@ def setting_label(config: RunConfig | Mapping[str, Any], fields: Sequence[str]) 
     method is among ``fields``.
     """
     values = config.to_dict() if isinstance(config, RunConfig) else dict(config)
-    # A saved table's Method column (or the method of table_settings' values), else the config's.
-    method = values.get(METHOD_COLUMN) or values.get(METHOD_FIELD) or run_method(values)
+    # A saved table's Method column (or the method of table_settings' values), else the config's;
+    # an empty cell (NaN, "") is a run of ours.
+    given = [value for value in (values.get(METHOD_COLUMN), values.get(METHOD_FIELD)) if isinstance(value, str) and value]
+    method = given[0] if given else run_method(values)
     values[METHOD_FIELD] = method
     budget_fields = BUDGET_FIELDS
-    if str(method).startswith(EXTERNAL_PREFIX):
+    if method.startswith(EXTERNAL_PREFIX):
         parts = [str(method)]
         fields = [name for name in fields if name not in budget_fields and name != METHOD_FIELD]
     else:

@@ -60,6 +60,12 @@ def test_an_external_run_and_ours_are_never_averaged(ours_and_external):
     # A saved table without its Setting column still tells them apart by its Method column.
     saved = table.drop(columns=[SETTING_COLUMN])
     assert table_settings(saved).nunique() == 2 and grid_summary(saved, F1).count.to_numpy().max() == 1
+    # A table read back from CSV (an empty Method cell is ours, never the text "nan").
+    from core.tables import read_results_table
+
+    csv = read_results_table(saved.to_csv(index=False).encode(), "t.csv")
+    csv.loc[csv[METHOD_COLUMN] == OUR_METHOD, METHOD_COLUMN] = float("nan")
+    assert sorted(table_settings(csv)) == ["250 steps (10 epochs x 25), U-Net (trained here)", "external: cellpose"]
     # Labels name the method; the settings table has the column.
     labels = run_labels(records)
     assert sorted(labels.values()) == ["external: cellpose on synthetic-nuclei 50% none s0",
