@@ -572,6 +572,10 @@ class Document:
         self.markdown.extend([text, ""])
         self.body.append(f"<p class='note'>{html.escape(text)}</p>")
 
+    def bullets(self, items: Sequence[str]) -> None:
+        self.markdown.extend([f"- {item}" for item in items] + [""])
+        self.body.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in items) + "</ul>")
+
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         self.markdown.extend([markdown_table(header, rows), ""])
         self.body.append(html_table(header, rows))
@@ -829,8 +833,7 @@ def write_comparisons(doc: Document, comparisons: Sequence[Any], dataset: str, l
     for setting in dict.fromkeys(c.setting for c in of_dataset):
         these = [c for c in of_dataset if c.setting == setting]
         doc.table(*comparison_rows(these))
-        doc.markdown.extend([f"- {c.sentence()}" for c in these] + [""])
-        doc.body.append("<ul>" + "".join(f"<li>{html.escape(c.sentence())}</li>" for c in these) + "</ul>")
+        doc.bullets([c.sentence() for c in these])
     doc.paragraph("Differences are level minus none (positive: the level scores higher). 'mean difference over "
                   "seeds' uses each run's score (pixel scores pooled over the validation images); 'mean per-image "
                   "difference' averages the per-image scores, so the two can differ. p Holm is adjusted over every "
@@ -882,8 +885,7 @@ def write_learning_curves(doc: Document, rows: Any, metrics: Mapping[str, str], 
         doc.figure(learning_curve_figure(panels, title=f"{dataset} ({setting}): score against training images"),
                    "(figure in report.html: mean and 95% t interval over seeds at each training-set size, the "
                    "fitted power law a - b n^-c with its bootstrap band)")
-    doc.markdown.extend([f"- {text}" for text in sentences] + [""])
-    doc.body.append("<ul>" + "".join(f"<li>{html.escape(text)}</li>" for text in sentences) + "</ul>")
+    doc.bullets(sentences)
     doc.paragraph("Fits of score = a - b n^(-c) to every run (n training images, a at most 1), by least squares; "
                   "the interval resamples whole seeds (2,000 bootstrap refits, widened for few seeds). 'From N to "
                   "2N' starts at the largest training set measured, so it extrapolates: read it as a hint of "
