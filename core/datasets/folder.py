@@ -108,11 +108,8 @@ def read_pairs(pairs: list[tuple[str, Path, Path]], connectivity: int, plane: Pl
 
 
 def _plan(root: Path | None, split: str) -> SourcePlan:
-    root = require_root(FOLDER, root)
+    root = require_root(FOLDER, root, subfolders=("images", "masks"))
     images_dir, masks_dir = root / "images", root / "masks"
-    for folder in (images_dir, masks_dir):
-        if not folder.is_dir():
-            raise DatasetError(f"{folder}: folder not found. Expected layout: {FOLDER.layout}")
     images = image_files(images_dir)
     if not images:
         raise DatasetError(f"{images_dir}: empty folder, no PNG, TIFF or JPEG images")

@@ -88,11 +88,8 @@ def case_files(folder: Path, ending: str | None) -> dict[str, list[Path]]:
 
 
 def _plan(root: Path | None, split: str) -> SourcePlan:
-    root = require_root(NNUNET, root)
+    root = require_root(NNUNET, root, subfolders=("imagesTr", "labelsTr"))
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
-    for folder in (images_dir, labels_dir):
-        if not folder.is_dir():
-            raise DatasetError(f"{folder}: folder not found. Expected layout: {NNUNET.layout}")
     ending = file_ending(root)
     cases = case_files(images_dir, ending)
     if not cases:

@@ -15,13 +15,19 @@ from core.errors import DatasetError
 TargetsFromLabels = Callable[[np.ndarray, Path], tuple[list[np.ndarray], list[np.ndarray], list[str]]]
 
 
-def require_root(spec: DatasetSpec, root: Path | None) -> Path:
-    """``root`` as a Path, or a DatasetError saying which layout was expected."""
+def require_root(spec: DatasetSpec, root: Path | None, subfolders: tuple[str, ...] = ()) -> Path:
+    """``root`` as a Path, or a DatasetError saying which layout was expected.
+
+    ``subfolders`` (e.g. ``("images", "masks")``) must exist under it too.
+    """
     if root is None:
         raise DatasetError(f"dataset {spec.name!r} needs a root folder (--root). Expected layout: {spec.layout}")
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: folder not found (dataset {spec.name!r}; expected layout: {spec.layout})")
+    for name in subfolders:
+        if not (root / name).is_dir():
+            raise DatasetError(f"{root / name}: folder not found. Expected layout: {spec.layout}")
     return root
 
 
