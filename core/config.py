@@ -76,6 +76,9 @@ class RunConfig:
     # (w0) in the loss, falling off with border_sigma pixels; 0 = no weight map.
     border_weight: float = 0.0
     border_sigma: float = 5.0
+    # The same for object pixels where two objects touch with no background between them (DSB
+    # nuclei): they weigh up to 1 + touching_weight, falling off with border_sigma; 0 = off.
+    touching_weight: float = 0.0
     target: str = "mask"  # see TARGETS
     foreground_sampling: float = 0.0  # share of patches centred on a random foreground pixel
     normalization: str = "none"  # see NORMALIZATIONS
@@ -120,6 +123,8 @@ class RunConfig:
             (self.colour in COLOURS, f"colour must be one of {COLOURS}, got {self.colour!r}"),
             (0 <= self.border_weight <= 100 and math.isfinite(self.border_weight),
              f"border_weight must be in [0, 100], got {self.border_weight:g}"),
+            (0 <= self.touching_weight <= 100 and math.isfinite(self.touching_weight),
+             f"touching_weight must be in [0, 100], got {self.touching_weight:g}"),
             (0 < self.border_sigma <= 100, f"border_sigma must be in (0, 100] pixels, got {self.border_sigma:g}"),
             (0 <= self.foreground_sampling <= 1,
              f"foreground_sampling must be in [0, 1], got {self.foreground_sampling:g}"),

@@ -109,6 +109,7 @@ def evaluate_run(
     n_stored_maps: int = 4,
     show_progress: bool = True,
     store: bool = True,
+    flip_tta: bool = False,
 ) -> Evaluation:
     """Evaluate a trained run and store the result (see the module docstring).
 
@@ -122,6 +123,9 @@ def evaluate_run(
         Post-processing methods for the instance scores (default: all of them).
     n_stored_maps : int
         Probability maps kept (float16) for the mask viewers, from the first images.
+    flip_tta : bool
+        Average each prediction over the four flips (test-time augmentation, 4x slower), as
+        the Segment page and ``predict --tta`` can; the summary records it.
     """
     from core.inference import load_model, predict_image
 
@@ -142,7 +146,7 @@ def evaluate_run(
     methods = tuple(methods or methods_for(config.output_channels > 1))
 
     def predict(sample: Any, index: int) -> tuple[np.ndarray, None, np.ndarray | None]:
-        prediction = predict_image(loaded, sample.image, source=sample.name)
+        prediction = predict_image(loaded, sample.image, source=sample.name, flip_tta=flip_tta)
         return prediction.probability, None, prediction.contour
 
     scores, arrays = score_images(dataset, indices, predict, config.threshold, methods, n_stored_maps,
@@ -156,6 +160,7 @@ def evaluate_run(
         "kind": dataset.spec.kind,
         "checkpoint": f"{checkpoint}.pt",
         "epoch": loaded.epoch,
+        "flip_tta": flip_tta,
         **scores,
     }
     summary["seconds"] = time.time() - started
@@ -291,7 +296,8 @@ def format_evaluation(evaluation: Evaluation) -> str:
     threshold = s["threshold"]
     lines = [
         f"run {s['run_id']} on {s['dataset']} ({s['positive_class']}), split '{s['split']}': "
-        f"{s['split_description']}, {s['n_images']} images, checkpoint {s['checkpoint']} (epoch {s['epoch']})",
+        f"{s['split_description']}, {s['n_images']} images, checkpoint {s['checkpoint']} (epoch {s['epoch']})"
+        + (", predictions averaged over 4 flips" if s.get("flip_tta") else ""),
         "",
         f"Pixel scores at threshold {threshold:g}, summed over images "
         f"(TP {pixel['tp']:,}, FP {pixel['fp']:,}, FN {pixel['fn']:,}, TN {pixel['tn']:,}):",

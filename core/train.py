@@ -99,7 +99,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def needs_instances(config: RunConfig) -> bool:
     """Whether a run's patches must carry instance labels (for contours or border weights)."""
-    return config.target != "mask" or config.border_weight > 0
+    return config.target != "mask" or config.border_weight > 0 or config.touching_weight > 0
 
 
 def patch_corner(rng: np.random.Generator, shape: tuple[int, int], patch: tuple[int, int],
@@ -126,7 +126,7 @@ def patch_batches(
 
     Each item: images float32 (B, C, h, w), targets float32 (B, K, h, w) (K from the run's
     ``target``: see :func:`core.targets.target_channels`) and pixel weights float32
-    (B, 1, h, w) when ``border_weight`` is set, else None.
+    (B, 1, h, w) when ``border_weight`` or ``touching_weight`` is set, else None.
     """
     rng = np.random.default_rng(epoch_seed(config.seed, epoch))
     shape = data.patch_shape
@@ -147,8 +147,9 @@ def patch_batches(
                 image, mask, instances = augment(transform, image, mask, instances)
             batch_images.append(image.transpose(2, 0, 1))
             batch_targets.append(target_channels(mask, instances, config.target))
-            if config.border_weight > 0:
-                batch_weights.append(border_weight_map(instances, config.border_weight, config.border_sigma)[None])
+            if config.border_weight > 0 or config.touching_weight > 0:
+                batch_weights.append(border_weight_map(instances, config.border_weight, config.border_sigma,
+                                                       config.touching_weight)[None])
         yield (np.stack(batch_images).astype(np.float32), np.stack(batch_targets),
                np.stack(batch_weights) if batch_weights else None)
 

@@ -132,3 +132,17 @@ def test_one_checkpoint_scores_the_same_everywhere(trained_run):
                                                                                             abs=1e-12)
     best = [row for row in registry.epochs(result.run_id) if row["epoch"] == result.best_epoch][0]
     assert evaluation.summary["pixel"]["f1"] == pytest.approx(best["val_f1"], abs=1e-12)
+
+
+def test_evaluate_with_flip_tta_averages_the_flipped_predictions_and_says_so(trained_run, monkeypatch):
+    registry, result = trained_run
+    plain = evaluate_run(result.run_id, registry=registry, methods=("components",), show_progress=False, store=False)
+    monkeypatch.setenv("UNETLAB_CACHE", str(registry.path.parent))
+    process = subprocess.run([sys.executable, "-m", "core", "evaluate", "--run", result.run_id, "--tta",
+                              "--methods", "components"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-800:]
+    assert "averaged over 4 flips" in process.stdout
+    stored = load_evaluation(result.run_id, registry=registry).summary
+    assert stored["flip_tta"] is True and plain.summary["flip_tta"] is False
+    # A different prediction (4 flips of a barely trained model do not agree pixel for pixel).
+    assert stored["pixel"]["tp"] != plain.summary["pixel"]["tp"] or stored["pixel"]["fp"] != plain.summary["pixel"]["fp"]

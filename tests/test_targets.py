@@ -99,6 +99,24 @@ def test_border_weight_map_matches_the_definition_and_peaks_in_the_gap():
     assert weights[38, 2] < 1.05  # far from any two objects
 
 
+def test_touching_weight_weighs_the_line_where_two_objects_meet_and_leaves_lone_objects_alone():
+    labels = np.zeros((30, 60), np.int32)
+    labels[5:25, 5:20] = 1
+    labels[5:25, 20:35] = 2  # touching 1 along columns 19 | 20, no background between them
+    labels[5:15, 45:55] = 3  # alone
+    weights = border_weight_map(labels, w0=0, sigma=3, touching=10)
+    # On the touching line the distance to the other object is 1 pixel: 1 + 10 exp(-1 / 18).
+    assert weights[15, 19] == pytest.approx(1 + 10 * math.exp(-1 / 18), abs=1e-4)
+    assert weights[15, 20] == pytest.approx(1 + 10 * math.exp(-1 / 18), abs=1e-4)
+    # Four pixels into object 1 the other object is 5 pixels away (columns 15 -> 20).
+    assert weights[15, 15] == pytest.approx(1 + 10 * math.exp(-25 / 18), abs=1e-4)
+    assert weights[10, 50] < 1.001 and weights[0, 0] == 1  # a lone object and w0 = 0 background
+    # Without it, objects weigh 1 as in the paper; the gap term is unchanged by it.
+    assert (border_weight_map(labels, w0=10, sigma=3)[labels > 0] == 1).all()
+    both = border_weight_map(labels, w0=10, sigma=3, touching=10)
+    np.testing.assert_array_equal(both[labels == 0], border_weight_map(labels, w0=10, sigma=3)[labels == 0])
+
+
 # ---- seeded watershed ------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", choices=["val", "test"], default="val",
                         help="val: the run's validation part; test: the dataset's official test split")
     parser.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    parser.add_argument("--tta", action="store_true", help="average each prediction over the 4 flips (4x slower)")
     parser.add_argument("--methods", help="comma-separated post-processing methods (default: all)")
     parser.add_argument("--json", action="store_true", help="print the stored summary as one JSON line")
     parser.add_argument("--quiet", action="store_true")
@@ -22,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from core.evaluate import evaluate_run, format_evaluation
 
     methods = tuple(args.methods.split(",")) if args.methods else None
-    evaluation = evaluate_run(args.run_id, args.split, checkpoint=args.checkpoint, methods=methods,
+    evaluation = evaluate_run(args.run_id, args.split, checkpoint=args.checkpoint, methods=methods, flip_tta=args.tta,
                               show_progress=not args.quiet and not args.json)
     from core.tracking import mirror_run
 

@@ -34,6 +34,7 @@ SHARED_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--target", "target", str, "mask (default) or mask+contour (outlines too, for seeded-watershed)"),
     ("--lr-schedule", "lr_schedule", str, "constant (default), cosine, warmup-cosine, one-cycle or poly"),
     ("--border-weight", "border_weight", float, "the original U-Net's weight map's w0 (0 = off, the paper: 10)"),
+    ("--touching-weight", "touching_weight", float, "weight added where two objects touch with no gap (0 = off)"),
     ("--foreground-sampling", "foreground_sampling", float, "share of patches centred on a foreground pixel"),
     ("--normalization", "normalization", str, "none (default) or percentile (per image)"),
     ("--colour", "colour", str, "keep (default), grey or grey-dark-background"),

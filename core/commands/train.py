@@ -46,8 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--border-weight", type=float, default=defaults.border_weight, metavar="W0",
                         help="the original U-Net's weight map: gaps between objects weigh up to 1 + W0 "
                              "(Ronneberger 2015: 10); 0 = off")
+    parser.add_argument("--touching-weight", type=float, default=defaults.touching_weight, metavar="W",
+                        help="object pixels where two objects touch with no gap weigh up to 1 + W "
+                             "(for touching nuclei; 0 = off)")
     parser.add_argument("--border-sigma", type=float, default=defaults.border_sigma, metavar="PIXELS",
-                        help="width of the weight map's fall-off (default 5)")
+                        help="width of the weight maps' fall-off (default 5)")
     parser.add_argument("--foreground-sampling", type=float, default=defaults.foreground_sampling, metavar="SHARE",
                         help="share of patches centred on a foreground pixel (default 0: uniform)")
     parser.add_argument("--normalization", choices=NORMALIZATIONS, default=defaults.normalization,
