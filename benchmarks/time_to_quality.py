@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, help="training budget (default: the case's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the case's recipe (a RunConfig field); repeatable")
+    parser.add_argument("--tta", action="store_true", help="score predictions averaged over the 4 flips (4x slower)")
     args = parser.parse_args()
     case = CASES[args.case]
     settings = {**case.settings, **parse_overrides(args.overrides)}
@@ -153,7 +154,8 @@ def main() -> None:
     started = time.time()
     result = train_run(config, registry=registry, show_progress=False, stop=Deadline(minutes * 60))
     trained_minutes = (time.time() - started) / 60
-    evaluation = evaluate_run(result.run_id, split=case.split, registry=registry, show_progress=False)
+    evaluation = evaluate_run(result.run_id, split=case.split, registry=registry, show_progress=False,
+                              flip_tta=args.tta)
     summary = evaluation.summary if hasattr(evaluation, "summary") else evaluation
 
     changed = {key: value for key, value in settings.items() if case.settings.get(key) != value}
@@ -174,7 +176,8 @@ def main() -> None:
     pixel = summary["pixel"]
     print()
     print(f"trained {trained_minutes:.2f} min (best epoch {result.best_epoch}); scores of its weights on the "
-          f"{'testing stack' if case.split == 'test' else 'validation part'} ({case.split}):")
+          f"{'testing stack' if case.split == 'test' else 'validation part'} ({case.split})"
+          f"{', predictions averaged over 4 flips' if args.tta else ''}:")
     print(f"  pixel F1 {pixel['f1']:.4f}, foreground IoU {pixel['iou']:.4f}, negative-class F1 "
           f"{pixel['f1_negative']:.4f} (TP {pixel.get('tp', '?')}, FP {pixel.get('fp', '?')}, FN {pixel.get('fn', '?')})")
     for method, scores in summary.get("instances", {}).items():
