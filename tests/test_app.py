@@ -16,6 +16,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.paths import PROJECT_ROOT
+from helpers import tiny_cli_run
 from core.runs import Registry, process_alive
 
 PAGE_FILES = ["app.py", *sorted(str(p.relative_to(PROJECT_ROOT)) for p in (PROJECT_ROOT / "pages").glob("*.py"))]
@@ -368,16 +369,9 @@ def tiff_stack(planes: int = 5, shape=(64, 48)) -> bytes:
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """Two tiny runs (CLI) that differ only in epochs (1 and 2), finished and evaluated."""
-    import subprocess
-    import sys
-
     base = tmp_path_factory.mktemp("app-two-runs")
-    env = {"UNETLAB_CACHE": str(base / "cache"), "UNETLAB_CHECKPOINTS": str(base / "checkpoints")}
     for epochs in (1, 2):
-        subprocess.run([sys.executable, "-m", "core", "train", "--dataset", "synthetic-nuclei", "--train-fraction",
-                        "0.5", "--augmentation", "none", "--epochs", str(epochs), "--steps-per-epoch", "2",
-                        "--batch-size", "2", "--patch-size", "64", "--depth", "3", "--width", "8", "--threads", "1",
-                        "--quiet"], cwd=PROJECT_ROOT, env={**os.environ, **env}, check=True, capture_output=True)
+        env = tiny_cli_run(base, "--train-fraction", "0.5", "--augmentation", "none", epochs=epochs)
     return env
 
 

@@ -4,15 +4,13 @@ click, then offered for download); a shipped model is not packaged and the page 
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 import zipfile
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.paths import PROJECT_ROOT
+from helpers import tiny_cli_run
 
 # Building the package converts the weights to TorchScript and ONNX: about 30 s on 2 CPU cores.
 TIMEOUT = 300
@@ -21,13 +19,7 @@ TIMEOUT = 300
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A tiny run (CLI), finished and evaluated."""
-    base = tmp_path_factory.mktemp("app-bioimageio")
-    env = {"UNETLAB_CACHE": str(base / "cache"), "UNETLAB_CHECKPOINTS": str(base / "checkpoints")}
-    subprocess.run([sys.executable, "-m", "core", "train", "--dataset", "synthetic-nuclei", "--epochs", "1",
-                    "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "64", "--depth", "3", "--width",
-                    "8", "--threads", "1", "--quiet"], cwd=PROJECT_ROOT, env={**os.environ, **env}, check=True,
-                   capture_output=True)
-    return env
+    return tiny_cli_run(tmp_path_factory.mktemp("app-bioimageio"))
 
 
 def test_segment_page_builds_a_bioimageio_package_on_click(tiny_run, monkeypatch):

@@ -5,9 +5,6 @@ beside the other methods, and the Compare page's method picker lists it where ev
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +12,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.paths import PROJECT_ROOT
+from helpers import tiny_cli_run
 
 TIMEOUT = 120
 CONTOUR_METHOD = "seeded-watershed"
@@ -37,13 +35,7 @@ def assert_clean(at: AppTest) -> None:
 @pytest.fixture(scope="module")
 def contour_run(tmp_path_factory):
     """A tiny run trained (CLI) with target mask+contour, finished and evaluated."""
-    base = tmp_path_factory.mktemp("app-contour")
-    env = {"UNETLAB_CACHE": str(base / "cache"), "UNETLAB_CHECKPOINTS": str(base / "checkpoints")}
-    subprocess.run([sys.executable, "-m", "core", "train", "--dataset", "synthetic-nuclei", "--target", "mask+contour",
-                    "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "64", "--depth",
-                    "3", "--width", "8", "--threads", "1", "--quiet"], cwd=PROJECT_ROOT, env={**os.environ, **env},
-                   check=True, capture_output=True)
-    return env
+    return tiny_cli_run(tmp_path_factory.mktemp("app-contour"), "--target", "mask+contour")
 
 
 @pytest.fixture
