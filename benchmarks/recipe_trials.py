@@ -76,7 +76,7 @@ def run_trial(dataset: str, root: str | None, name: str, threads: int | None, ep
     result = train_run(config, registry=registry, show_progress=False)
     trained = time.time() - started
     evaluation = evaluate_run(result.run_id, registry=registry, show_progress=False)
-    summary = evaluation.summary if hasattr(evaluation, "summary") else evaluation
+    summary = evaluation.summary
     history = registry.epochs(result.run_id)
     speeds = [row["patches_per_second"] for row in history if row.get("patches_per_second")]
     row = {"trial": name, "dataset": dataset, "run": result.run_id,

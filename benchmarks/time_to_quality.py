@@ -17,9 +17,9 @@ table. Times are wall-clock minutes of training including the per-epoch validati
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import time
+import typing
 from dataclasses import dataclass
 from typing import Callable
 
@@ -44,7 +44,6 @@ class Case:
     settings: dict
     minutes: float
     split: str
-    method: str
     targets: tuple[Target, ...]
 
 
@@ -62,7 +61,7 @@ CASES: dict[str, Case] = {
                       steps_per_epoch=100, batch_size=8, patch_size=128, base_width=16, depth=4, loss="bce+dice",
                       target="mask+contour", touching_weight=10.0, border_sigma=3.0, colour="grey-dark-background",
                       normalization="percentile", lr_schedule="warmup-cosine", learning_rate=2e-3),
-        minutes=15.0, split="val", method="seeded-watershed",
+        minutes=15.0, split="val",
         targets=(Target("DSB mAP (IoU 0.50 to 0.95, TP/(TP+FP+FN)), seeded-watershed",
                         _instances("seeded-watershed", "dsb_map"), 0.55),
                  Target("object recall at IoU > 0.5, seeded-watershed",
@@ -74,7 +73,7 @@ CASES: dict[str, Case] = {
         settings=dict(dataset="isbi2012", train_fraction=0.1, augmentation="light", epochs=40, steps_per_epoch=25,
                       batch_size=8, patch_size=256, base_width=16, depth=4, loss="bce",
                       lr_schedule="warmup-cosine", learning_rate=2e-3),
-        minutes=10.0, split="val", method="components",
+        minutes=10.0, split="val",
         targets=(Target("membrane F1 (pixel F1 of the negative class)",
                         lambda summary: summary["pixel"]["f1_negative"], 0.82),),
     ),
@@ -85,7 +84,7 @@ CASES: dict[str, Case] = {
         settings=dict(dataset="epfl", train_fraction=0.8, augmentation="light", epochs=40, steps_per_epoch=25,
                       batch_size=8, patch_size=256, base_width=16, depth=4, loss="bce+dice",
                       lr_schedule="warmup-cosine", learning_rate=2e-3),
-        minutes=15.0, split="test", method="components",
+        minutes=15.0, split="test",
         targets=(Target("foreground IoU on the testing stack", lambda summary: summary["pixel"]["iou"], 0.85),),
     ),
 }
@@ -109,7 +108,10 @@ def parse_overrides(pairs: list[str]) -> dict:
     """``key=value`` strings as RunConfig settings, each value parsed as its field's type."""
     from core.config import RunConfig
 
-    types = {item.name: type(item.default) for item in dataclasses.fields(RunConfig)}
+    # The annotated types, not the defaults' (image_size defaults to None but is an int | None).
+    hints = typing.get_type_hints(RunConfig)
+    types = {name: next((t for t in (bool, int, float) if t in (typing.get_args(hint) or (hint,))), str)
+             for name, hint in hints.items() if name != "extra"}
     overrides = {}
     for pair in pairs:
         key, separator, value = pair.partition("=")
@@ -157,7 +159,7 @@ def main() -> None:
     trained_minutes = (time.time() - started) / 60
     evaluation = evaluate_run(result.run_id, split=case.split, registry=registry, show_progress=False,
                               flip_tta=args.tta)
-    summary = evaluation.summary if hasattr(evaluation, "summary") else evaluation
+    summary = evaluation.summary
 
     changed = {key: value for key, value in settings.items() if case.settings.get(key) != value}
     print(f"# time_to_quality --case {case.name}: {case.description}; {time.strftime('%Y-%m-%d %H:%M')}")
