@@ -33,6 +33,26 @@ NORMALIZATIONS = ("none", "percentile")
 #: Colour handling (core.preprocess): keep the channels, average them to grey, or average to grey and
 #: invert images whose background is bright (brightfield), so objects are always brighter than it.
 COLOURS = ("keep", "grey", "grey-dark-background")
+#: The validation score that picks a run's best epoch (its best.pt) and drives early stopping:
+#: the pixel F1 of the foreground, or of the background, which is what counts for EM membranes
+#: (ISBI's membranes are the background of its masks).
+BEST_BY = {"val_f1": "validation pixel F1", "val_f1_negative": "validation pixel F1 of the background"}
+
+
+def best_epoch(epochs: list[dict[str, Any]], best_by: str = "val_f1") -> dict[str, Any] | None:
+    """The stored epoch row a run keeps as ``best.pt``: the first with the highest ``best_by`` score.
+
+    Epoch 0 (the untrained model) is no candidate, a later equal score is no improvement and a
+    NaN score (a diverged epoch) never counts. None when no trained epoch has a score yet.
+    """
+    best = None
+    for row in epochs:
+        score = row.get(best_by)
+        if row["epoch"] >= 1 and score is not None and score > (-math.inf if best is None else best[best_by]):
+            best = row
+    return best
+
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: How the labelled pool is split (core.datasets.split): "auto" = contiguous block with a gap for
@@ -67,6 +87,7 @@ class RunConfig:
     # No early stop before this epoch: the trust-redo study saw runs stop at epoch 8 after sitting at
     # F1 ~0 (all background) since epoch 2, then learn nothing; 0 = no minimum.
     early_stopping_min_epochs: int = 0
+    best_by: str = "val_f1"  # see BEST_BY
     batch_size: int = 8
     patch_size: int = 256
     base_width: int = 16
@@ -90,6 +111,10 @@ class RunConfig:
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"
     weight_decay: float = 0.0
+    # Validate, keep and predict with an exponential moving average of the weights (Polyak
+    # averaging) with this decay per step; 0 = the weights as trained. On a few images the
+    # validation score jumps from epoch to epoch; the average is smoother and usually better.
+    ema_decay: float = 0.0
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CPUs with native bf16, fp16 AMP on CUDA
@@ -118,6 +143,7 @@ class RunConfig:
             ),
             (self.augmentation in AUGMENTATION_LEVELS, f"augmentation must be one of {AUGMENTATION_LEVELS}"),
             (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
+            (self.best_by in BEST_BY, f"best_by must be one of {tuple(BEST_BY)}, got {self.best_by!r}"),
             (self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}"),
             (self.normalization in NORMALIZATIONS, f"normalization must be one of {NORMALIZATIONS}"),
             (self.colour in COLOURS, f"colour must be one of {COLOURS}, got {self.colour!r}"),
@@ -155,6 +181,8 @@ class RunConfig:
              f"early_stopping_min_epochs must be 0 or more, got {self.early_stopping_min_epochs}"),
             (self.weight_decay >= 0 and math.isfinite(self.weight_decay),
              f"weight_decay must be 0 or more, got {self.weight_decay:g}"),
+            (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1,
+             f"ema_decay must be at least 0 and below 1 (0 = no averaging), got {self.ema_decay}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -44,7 +44,9 @@ EXTRA_CONFIG_COLUMNS: dict[str, str] = {
     "learning_rate": "Learning rate",
     "lr_schedule": "LR schedule",
     "weight_decay": "Weight decay",
+    "ema_decay": "Weight averaging (EMA decay per step, 0 = off)",
     "early_stopping_patience": "Early stopping patience (0 = off)",
+    "best_by": "Best epoch chosen by",
     "device": "Device",
     "precision": "Precision",
     "channels_last": "Channels last",
@@ -563,7 +565,14 @@ def stopped_text(record: Any) -> str:
 
 def split_label(summary: Mapping[str, Any]) -> str:
     """Which images an evaluation scored, in a few words: the official test split, or the
-    validation part and how it was cut (random, a contiguous block with a gap, whole groups)."""
+    validation part and how it was cut (random, a contiguous block with a gap, whole groups);
+    and whether its predictions were averaged over flips (``evaluate --tta``), which scores a
+    little higher than a plain prediction of the same weights."""
+    label = _scored_images(summary)
+    return f"{label}, predictions averaged over 4 flips" if summary.get("flip_tta") else label
+
+
+def _scored_images(summary: Mapping[str, Any]) -> str:
     if summary.get("split") == "test":
         return "official test split"
     if summary.get("split") != "val":

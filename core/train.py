@@ -3,9 +3,11 @@
 ``train_run(config)`` loads the dataset, splits it, trains for ``config.epochs`` epochs of
 ``config.steps_per_epoch`` steps on random augmented patches, validates on the fixed
 validation part after every epoch, and writes ``last.pt`` (every epoch) and ``best.pt``
-(best validation F1) under ``checkpoints/<run id>/``. With
+(the epoch with the best validation pixel F1, of the foreground or, with ``config.best_by``,
+of the background) under ``checkpoints/<run id>/``. With ``config.ema_decay`` the weights
+validated and saved are a moving average of the trained ones. With
 ``config.early_stopping_patience`` P, training stops after the first epoch that ends P
-epochs without an improvement of the validation pixel F1 (``config.epochs`` is then the
+epochs without an improvement of that score (``config.epochs`` is then the
 most it trains); the reason is stored with that epoch (``note``) and in the run's progress.
 Progress and per-epoch metrics go to the run registry as they happen, so the app can follow
 a run from another process.
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 
 from core.augment import augment, build_augmentation
 from core.checkpoints import check_weights_fit, load_checkpoint, save_checkpoint
-from core.config import RunConfig
+from core.config import BEST_BY, RunConfig, best_epoch as best_epoch_row
 from core.datasets import Dataset, load_dataset, split
 from core.errors import CheckpointError, ConfigError, RunError
 from core.model import UNet
@@ -52,6 +54,7 @@ class TrainResult:
     status: str
     epochs_done: int
     best_epoch: int | None
+    #: The best epoch's ``best_by`` score (a validation pixel F1, see ``core.config.BEST_BY``).
     best_validation_f1: float | None
     final_metrics: dict[str, float]
     untrained_metrics: dict[str, float]
@@ -61,6 +64,7 @@ class TrainResult:
     #: Why training stopped before ``config.epochs`` (early stopping), e.g. "stopped early at
     #: epoch 14: no improvement of the validation pixel F1 for 5 epochs (best epoch 9)"; None otherwise.
     stop_reason: str | None = None
+    best_by: str = "val_f1"
 
     @property
     def stopped_early(self) -> bool:
@@ -75,6 +79,7 @@ class TrainResult:
             "stop_reason": self.stop_reason,
             "best_epoch": self.best_epoch,
             "best_validation_f1": self.best_validation_f1,
+            "best_by": self.best_by,
             "validation": self.final_metrics,
             "untrained_validation": self.untrained_metrics,
             "seconds": round(self.seconds, 2),
@@ -275,7 +280,7 @@ def validate(
 
 
 def early_stopping(epochs: list[dict[str, Any]], patience: int | None,
-                   min_epochs: int = 0) -> tuple[int | None, str | None]:
+                   min_epochs: int = 0, best_by: str = "val_f1") -> tuple[int | None, str | None]:
     """The best epoch so far and, when training should stop now, why.
 
     Parameters
@@ -285,30 +290,26 @@ def early_stopping(epochs: list[dict[str, Any]], patience: int | None,
     patience : ``config.early_stopping_patience``; None never stops early
     min_epochs : ``config.early_stopping_min_epochs``; never stop before this epoch (a network that
         starts by predicting all background can sit at F1 0 for several epochs before it learns)
+    best_by : ``config.best_by``, the stored validation score that decides (see ``BEST_BY``)
 
     Returns
     -------
     (best epoch, reason)
-        The best epoch is the first with the highest validation pixel F1 (``val_f1``), as
-        ``best.pt`` is chosen (a later equal F1 is no improvement). ``reason`` is a sentence
-        when the last stored epoch is ``patience`` or more epochs after the best one, else None.
-        Derived from the stored metrics alone, so a resumed run (which reloads them) decides
-        exactly as an uninterrupted one.
+        The best epoch is the first with the highest ``best_by`` score, as ``best.pt`` is chosen
+        (a later equal score is no improvement). ``reason`` is a sentence when the last stored
+        epoch is ``patience`` or more epochs after the best one, else None. Derived from the
+        stored metrics alone, so a resumed run (which reloads them) decides exactly as an
+        uninterrupted one.
     """
-    best_epoch, best_f1, last = None, -1.0, 0
-    for row in epochs:
-        if row["epoch"] < 1:
-            continue
-        last = row["epoch"]
-        f1 = row.get("val_f1")
-        if f1 is not None and f1 > best_f1:
-            best_f1, best_epoch = f1, row["epoch"]
+    best = best_epoch_row(epochs, best_by)
+    best_epoch = None if best is None else best["epoch"]
+    last = max([row["epoch"] for row in epochs if row["epoch"] >= 1], default=0)
     if patience is None or last == 0 or last < min_epochs:
         return best_epoch, None
     since = last - (best_epoch or 0)
     if since < patience:
         return best_epoch, None
-    return best_epoch, (f"stopped early at epoch {last}: no improvement of the validation pixel F1 for "
+    return best_epoch, (f"stopped early at epoch {last}: no improvement of the {BEST_BY[best_by]} for "
                         f"{since} epoch{'' if since == 1 else 's'} (best epoch {best_epoch}, patience {patience})")
 
 
@@ -446,6 +447,29 @@ class Trainer:
     device: torch.device
     precision: str
     memory_format: torch.memory_format
+    #: The moving average of the weights (``config.ema_decay`` > 0), else None.
+    average: torch.optim.swa_utils.AveragedModel | None = None
+
+    @property
+    def kept_model(self) -> torch.nn.Module:
+        """The weights validated, saved as the checkpoint's ``state_dict`` and predicted with."""
+        return self.model if self.average is None else self.average.module
+
+
+def moving_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights and batch-norm statistics.
+
+    The decay grows from 0.1 to ``decay`` over the first steps, ``min(decay, (1 + n) / (10 + n))``
+    after n updates, so the average forgets the random initial weights within a few dozen steps
+    however long its horizon ``1 / (1 - decay)`` is. Integer buffers (batch counts) follow the model.
+    """
+    def average(averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        if not averaged.is_floating_point():
+            return current
+        step_decay = min(decay, (1 + float(updates)) / (10 + float(updates)))
+        return averaged + (current - averaged) * (1 - step_decay)
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=average, use_buffers=True)
 
 
 #: Schedules that change the learning rate after every optimiser step (the others: every epoch).
@@ -585,7 +609,9 @@ def build_trainer(config: RunConfig, in_channels: int, registry: Registry | None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    return Trainer(model, optimizer, build_scheduler(optimizer, config), scaler, device, precision, memory_format)
+    average = moving_average(model, config.ema_decay) if config.ema_decay > 0 else None
+    return Trainer(model, optimizer, build_scheduler(optimizer, config), scaler, device, precision, memory_format,
+                   average)
 
 
 @dataclass
@@ -593,7 +619,7 @@ class Progress:
     """Where a run stands between epochs: what a resumed run continues from."""
 
     start_epoch: int = 1
-    best_f1: float = -1.0
+    best_f1: float = -1.0  # the best epoch's config.best_by score
     best_epoch: int | None = None
     untrained: dict[str, float] = field(default_factory=dict)
 
@@ -604,7 +630,11 @@ def resume_or_start(trainer: Trainer, data: TrainingData, config: RunConfig, run
     if last_path.exists():
         state = load_checkpoint(last_path, map_location=trainer.device)
         check_weights_fit(trainer.model, state["state_dict"], last_path)  # e.g. a last.pt of another width
-        trainer.model.load_state_dict(state["state_dict"])
+        # With weight averaging, state_dict is the average and training_state_dict the weights as trained.
+        trainer.model.load_state_dict(state.get("training_state_dict", state["state_dict"]))
+        if trainer.average is not None:
+            trainer.average.module.load_state_dict(state["state_dict"])
+            trainer.average.n_averaged.fill_(int(state.get("average_updates", 0)))
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
         registry.truncate_epochs(run_id, state["epoch"])  # later epochs are replayed
@@ -649,6 +679,8 @@ def train_one_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epo
         trainer.scaler.update()
         if per_step_schedule:
             trainer.scheduler.step()
+        if trainer.average is not None:
+            trainer.average.update_parameters(trainer.model)
         step_losses.append(loss.item())
         loss_sum += step_losses[-1]
         bar.set_postfix(loss=f"{loss_sum / step:.4f}")
@@ -668,7 +700,7 @@ def save_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epoch: i
                progress: Progress, checkpoint_dir, improved: bool) -> None:
     """Write ``last.pt`` (and ``best.pt`` when the validation F1 improved), atomically."""
     payload = {
-        "state_dict": trainer.model.state_dict(),
+        "state_dict": trainer.kept_model.state_dict(),
         "config": config.to_dict(),
         "epoch": epoch,
         "in_channels": data.in_channels,
@@ -680,6 +712,9 @@ def save_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epoch: i
         "scheduler": trainer.scheduler.state_dict(),
         "split": {"train": data.train_indices, "validation": data.validation_indices},
     }
+    if trainer.average is not None:
+        payload["training_state_dict"] = trainer.model.state_dict()
+        payload["average_updates"] = int(trainer.average.n_averaged)
     save_checkpoint(checkpoint_dir / "last.pt", payload)
     if improved:
         save_checkpoint(checkpoint_dir / "best.pt", payload)
@@ -712,7 +747,8 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
     status = "finished"
     epoch = progress.start_epoch - 1
     stored = registry.epochs(run_id)  # what early stopping decides on (reloaded on resume)
-    stop_reason = (early_stopping(stored, config.early_stopping_patience, config.early_stopping_min_epochs)[1]
+    stop_reason = (early_stopping(stored, config.early_stopping_patience, config.early_stopping_min_epochs,
+                                  config.best_by)[1]
                    if 1 <= epoch < config.epochs else None)
     first_epoch = config.epochs + 1 if stop_reason else progress.start_epoch  # stopped before it was interrupted
     for epoch in range(first_epoch, config.epochs + 1):
@@ -724,7 +760,7 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
             break
         train_seconds = time.time() - epoch_started
         report(epoch, config.steps_per_epoch, phase="validating")
-        metrics = validate(trainer.model, data.dataset, data.validation_indices, config, trainer.device,
+        metrics = validate(trainer.kept_model, data.dataset, data.validation_indices, config, trainer.device,
                            trainer.precision)
         metrics.update(
             train_loss=train_loss,
@@ -734,12 +770,12 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
             patches_per_second=config.steps_per_epoch * config.batch_size / train_seconds,
             step_losses=[round(value, 6) for value in step_losses],  # the live chart's loss per step
         )
-        improved = metrics["val_f1"] > progress.best_f1
+        improved = metrics[config.best_by] > progress.best_f1
         if improved:
-            progress.best_f1, progress.best_epoch = metrics["val_f1"], epoch
+            progress.best_f1, progress.best_epoch = metrics[config.best_by], epoch
         if epoch < config.epochs:  # stopping at the last epoch is no early stop
             stop_reason = early_stopping([*stored, {"epoch": epoch, **metrics}], config.early_stopping_patience,
-                                         config.early_stopping_min_epochs)[1]
+                                         config.early_stopping_min_epochs, config.best_by)[1]
         if stop_reason:
             metrics["note"] = stop_reason
         save_epoch(trainer, data, config, epoch, metrics, progress, checkpoint_dir, improved)
@@ -777,4 +813,5 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
         checkpoint_dir=str(checkpoint_dir),
         history=history,
         stop_reason=stop_reason,
+        best_by=config.best_by,
     )

@@ -8,7 +8,7 @@ import streamlit as st
 
 from app_shared import cached_dataset
 from core import queue
-from core.config import AUGMENTATION_LEVELS, LOSSES, TRAIN_FRACTION_PRESETS, RunConfig
+from core.config import AUGMENTATION_LEVELS, BEST_BY, LOSSES, TRAIN_FRACTION_PRESETS, RunConfig, best_epoch
 from core.datasets import describe_dataset, get_spec, list_datasets
 from core.errors import UNetLabError
 from core.estimate import estimate_grid, samples_from_registry
@@ -306,10 +306,12 @@ def runs_panel() -> None:
                            "and pixel F1 (Dice) on the run's validation part after each epoch (step 0: the "
                            "untrained model). Axes keep to the data's range.")
             elif history:
-                best = max(history[1:] or history, key=lambda epoch: epoch["val_f1"])
+                best = best_epoch(history, run.config.best_by) or history[-1]
                 evaluation = evaluation_state(run, registry.get_evaluation(run.id, "val") is not None)
-                st.caption(f"Best epoch {best['epoch']} of {history[-1]['epoch']}: validation pixel F1 (Dice) at "
-                           f"threshold {run.config.threshold:g} = {format_score(best['val_f1'])} "
+                chosen_by = ("" if run.config.best_by == "val_f1" else
+                             f" by its {BEST_BY[run.config.best_by]} ({format_score(best[run.config.best_by])})")
+                st.caption(f"Best epoch {best['epoch']} of {history[-1]['epoch']}{chosen_by}: validation pixel F1 "
+                           f"(Dice) at threshold {run.config.threshold:g} = {format_score(best['val_f1'])} "
                            f"(TP {format_count(best['val_tp'])}, FP {format_count(best['val_fp'])}, "
                            f"FN {format_count(best['val_fn'])} pixels); untrained model: "
                            f"{format_score(history[0]['val_f1'])}. Full evaluation: {evaluation}.")

@@ -175,6 +175,8 @@ def test_read_results_table_accepts_a_study_table_and_names_what_is_wrong():
      "validation part: whole groups"),
     ({"split": "val", "split_description": "the run's fixed validation part of the training images"},
      "validation part: random images"),
+    ({"split": "test", "flip_tta": True}, "official test split, predictions averaged over 4 flips"),
+    ({"split": "test", "flip_tta": False}, "official test split"),
 ])
 def test_split_label_names_how_the_validation_part_was_cut(summary, label):
     assert tables.split_label(summary) == label

@@ -16,7 +16,7 @@ import torch
 
 from core.checkpoints import build_model_from_checkpoint, load_checkpoint
 from core.config import RunConfig
-from core.errors import CheckpointError
+from core.errors import CheckpointError, ConfigError
 from core.paths import PROJECT_ROOT
 from core.queue import cancel, enqueue, wait_for
 from core.runs import Registry
@@ -252,3 +252,74 @@ def test_patience_is_validated_and_reaches_the_config_from_the_cli():
     config = config_from_args(args)
     assert (config.early_stopping_patience, config.epochs) == (5, 50)
     assert config_from_args(parser.parse_args(["train"])).early_stopping_patience is None
+
+
+def test_moving_average_of_the_weights_follows_the_hand_worked_decays():
+    from core.train import moving_average
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(0.0)
+    average = moving_average(model, decay=0.9)
+    average.update_parameters(model)  # the first update copies the weights
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    average.update_parameters(model)  # 1 update so far: decay min(0.9, 2/11) = 0.1818...
+    assert average.module[0].weight.item() == pytest.approx(1 - 2 / 11)
+    for _ in range(100):  # from 80 updates on the decay is 0.9: a step moves the average 0.1 of the way
+        average.update_parameters(model)
+    before = average.module[0].weight.item()
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+    average.update_parameters(model)
+    assert average.module[0].weight.item() == pytest.approx(before + 0.1 * (3.0 - before), rel=1e-6)
+    model[1].num_batches_tracked.fill_(7)  # integer buffers are copied, not averaged
+    average.update_parameters(model)
+    assert average.module[1].num_batches_tracked.item() == 7
+
+
+def test_a_run_with_weight_averaging_keeps_the_average_and_resumes_exactly():
+    config = RunConfig(**{**TINY, "epochs": 3, "steps_per_epoch": 3, "ema_decay": 0.9})
+    registry = Registry()
+    whole = train_run(config, show_progress=False)
+    last = load_checkpoint(registry.get_run(whole.run_id).last_checkpoint)
+    assert last["average_updates"] == 9
+    averaged, trained = last["state_dict"], last["training_state_dict"]
+    assert any(not torch.equal(averaged[name], trained[name]) for name in averaged if averaged[name].is_floating_point())
+    # The stored validation scores are the average's: scoring the saved state_dict reproduces them.
+    model, _, _ = build_model_from_checkpoint(registry.get_run(whole.run_id).last_checkpoint)
+    assert all(torch.equal(value, averaged[name]) for name, value in model.state_dict().items())
+
+    interrupted = train_run(config, show_progress=False, stop=StopAfterEpoch(2, config.steps_per_epoch))
+    assert interrupted.status == "cancelled" and interrupted.epochs_done == 2
+    resumed = train_run(run_id=interrupted.run_id, show_progress=False)
+    again = load_checkpoint(registry.get_run(resumed.run_id).last_checkpoint)
+    for key in ("state_dict", "training_state_dict"):
+        assert all(torch.equal(last[key][name], again[key][name]) for name in last[key]), key
+    assert resumed.final_metrics["val_f1"] == pytest.approx(whole.final_metrics["val_f1"], abs=1e-9)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        RunConfig(ema_decay=1.0).validate()
+
+
+def test_best_by_the_background_f1_picks_and_stops_on_that_score():
+    from core.config import best_epoch
+    from core.train import early_stopping
+
+    epochs = [{"epoch": 0, "val_f1": 0.9, "val_f1_negative": 0.9},  # the untrained model is no candidate
+              {"epoch": 1, "val_f1": 0.80, "val_f1_negative": 0.70},
+              {"epoch": 2, "val_f1": 0.85, "val_f1_negative": 0.78},
+              {"epoch": 3, "val_f1": 0.90, "val_f1_negative": 0.75},
+              {"epoch": 4, "val_f1": 0.91, "val_f1_negative": 0.78}]  # equal: no improvement
+    assert best_epoch(epochs)["epoch"] == 4
+    assert best_epoch(epochs, "val_f1_negative")["epoch"] == 2
+    assert early_stopping(epochs, 3) == (4, None)
+    epoch, reason = early_stopping(epochs, 2, best_by="val_f1_negative")
+    assert epoch == 2 and "no improvement of the validation pixel F1 of the background for 2 epochs" in reason
+    with pytest.raises(ConfigError, match="best_by"):
+        RunConfig(best_by="val_loss").validate()
+
+    result = train_run(RunConfig(**{**TINY, "epochs": 4, "best_by": "val_f1_negative"}), show_progress=False)
+    stored = Registry().epochs(result.run_id)
+    assert result.best_epoch == best_epoch(stored, "val_f1_negative")["epoch"]
+    assert result.best_validation_f1 == best_epoch(stored, "val_f1_negative")["val_f1_negative"]
+    assert load_checkpoint(Registry().get_run(result.run_id).best_checkpoint)["epoch"] == result.best_epoch

@@ -103,7 +103,10 @@ def train_on_ray(args: argparse.Namespace, config) -> int:
         validation = summary.get("validation") or {}
         print(f"run {run_id}: {status} after {summary['epochs_done']} epochs in {summary['seconds']:.0f} s")
         if validation:
-            print(f"validation pixel F1: {validation['val_f1']:.4f}; best {summary['best_validation_f1']:.4f} "
+            from core.config import BEST_BY
+
+            best_by = BEST_BY[summary.get("best_by", "val_f1")]
+            print(f"validation pixel F1: {validation['val_f1']:.4f}; best {best_by} {summary['best_validation_f1']:.4f} "
                   f"at epoch {summary['best_epoch']}")
         if summary.get("stop_reason"):
             print(summary["stop_reason"])

@@ -7,8 +7,8 @@ import dataclasses
 import json
 
 from core.commands._executor import add_executor_options, ray_options, train_on_ray
-from core.config import (AUGMENTATION_LEVELS, COLOURS, DEVICES, LOSSES, LR_SCHEDULES, NORMALIZATIONS, PRECISIONS,
-                         TARGETS, RunConfig)
+from core.config import (AUGMENTATION_LEVELS, BEST_BY, COLOURS, DEVICES, LOSSES, LR_SCHEDULES, NORMALIZATIONS,
+                         PRECISIONS, TARGETS, RunConfig)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--patience", dest="early_stopping_patience", type=int, metavar="N",
                         help="stop after N epochs without an improvement of the validation pixel F1 "
                              "(--epochs is then the most it trains; default: train every epoch)")
+    parser.add_argument("--best-by", choices=tuple(BEST_BY), default=defaults.best_by,
+                        help="validation score that picks the best epoch and drives --patience: the foreground's "
+                             "pixel F1 (val_f1) or the background's (val_f1_negative, for EM membranes)")
     parser.add_argument("--min-epochs", dest="early_stopping_min_epochs", type=int,
                         default=defaults.early_stopping_min_epochs, metavar="N",
                         help="with --patience: never stop before epoch N (default 0)")
@@ -62,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "instead of a random initialisation; width, depth and target must match")
     parser.add_argument("--lr", dest="learning_rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=defaults.lr_schedule)
+    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay, metavar="DECAY",
+                        help="validate, keep and predict with a moving average of the weights with this decay "
+                             "per step (e.g. 0.99); 0 = off")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", choices=DEVICES, default=defaults.device)
     parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         if v:
             print(f"validation pixel F1 at threshold {RunConfig.threshold}: {v['val_f1']:.4f} "
                   f"({start}: {result.untrained_metrics.get('val_f1', float('nan')):.4f}); "
-                  f"best {result.best_validation_f1:.4f} at epoch {result.best_epoch}")
+                  f"best {BEST_BY[result.best_by]} {result.best_validation_f1:.4f} at epoch {result.best_epoch}")
         if result.stop_reason:
             print(result.stop_reason)
         print(f"checkpoints: {result.checkpoint_dir}")
