@@ -35,8 +35,16 @@ NORMALIZATIONS = ("none", "percentile")
 COLOURS = ("keep", "grey", "grey-dark-background")
 #: The validation score that picks a run's best epoch (its best.pt) and drives early stopping:
 #: the pixel F1 of the foreground, or of the background, which is what counts for EM membranes
-#: (ISBI's membranes are the background of its masks).
-BEST_BY = {"val_f1": "validation pixel F1", "val_f1_negative": "validation pixel F1 of the background"}
+#: (ISBI's membranes are the background of its masks), or the objects' DSB mAP, for runs judged on
+#: their instances (post-processed as :data:`SELECTION_METHODS` says; costs a post-processing of
+#: every validation image after every epoch).
+BEST_BY = {
+    "val_f1": "validation pixel F1",
+    "val_f1_negative": "validation pixel F1 of the background",
+    "val_dsb_map": "validation DSB mAP (IoU 0.50 to 0.95, TP/(TP+FP+FN), mean over images)",
+}
+#: The post-processing that makes a run's objects for ``best_by="val_dsb_map"``, per target.
+SELECTION_METHODS = {"mask": "components", "mask+contour": "seeded-watershed"}
 
 
 def best_epoch(epochs: list[dict[str, Any]], best_by: str = "val_f1") -> dict[str, Any] | None:

@@ -3,8 +3,8 @@
 ``train_run(config)`` loads the dataset, splits it, trains for ``config.epochs`` epochs of
 ``config.steps_per_epoch`` steps on random augmented patches, validates on the fixed
 validation part after every epoch, and writes ``last.pt`` (every epoch) and ``best.pt``
-(the epoch with the best validation pixel F1, of the foreground or, with ``config.best_by``,
-of the background) under ``checkpoints/<run id>/``. With ``config.ema_decay`` the weights
+(the epoch with the best validation pixel F1 of the foreground or, with ``config.best_by``, of
+the background, or the best DSB mAP of the objects) under ``checkpoints/<run id>/``. With ``config.ema_decay`` the weights
 validated and saved are a moving average of the trained ones. With
 ``config.early_stopping_patience`` P, training stops after the first epoch that ends P
 epochs without an improvement of that score (``config.epochs`` is then the
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from core.augment import augment, build_augmentation
 from core.checkpoints import check_weights_fit, load_checkpoint, save_checkpoint
-from core.config import BEST_BY, RunConfig, best_epoch as best_epoch_row
+from core.config import BEST_BY, SELECTION_METHODS, RunConfig, best_epoch as best_epoch_row
 from core.datasets import Dataset, load_dataset, split
 from core.errors import CheckpointError, ConfigError, RunError
 from core.model import UNet
@@ -54,7 +54,8 @@ class TrainResult:
     status: str
     epochs_done: int
     best_epoch: int | None
-    #: The best epoch's ``best_by`` score (a validation pixel F1, see ``core.config.BEST_BY``).
+    #: The best epoch's ``best_by`` score (see ``core.config.BEST_BY``): a validation pixel F1 but
+    #: for ``best_by="val_dsb_map"``, where it is that DSB mAP (the name is the default's).
     best_validation_f1: float | None
     final_metrics: dict[str, float]
     untrained_metrics: dict[str, float]
@@ -245,24 +246,37 @@ def validate(
 ) -> dict[str, float]:
     """Whole-image (tiled) validation: loss and pixel scores of both classes at the threshold.
 
-    Scores are micro-averaged: TP/FP/FN/TN are summed over all validation pixels first.
+    Pixel scores are micro-averaged: TP/FP/FN/TN are summed over all validation pixels first.
+    With ``config.best_by == "val_dsb_map"`` also ``val_dsb_map``: the DSB mAP of the objects that
+    ``SELECTION_METHODS[config.target]`` makes, averaged over the images as the evaluation does.
     """
-    from core.metrics import PixelCounts, pixel_counts
+    from core.metrics import PixelCounts, instance_scores, pixel_counts
+    from core.postprocess import binary_to_instances, postprocess
 
     # The network's own input channels: a colour dataset trained in grey (config.colour) has 1.
     loaded = LoadedModel(model=model, config=config, channels=getattr(model, "in_channels", dataset.channels),
                          epoch=0, device=device, precision=precision)
     counts = PixelCounts()
     loss_sum, pixel_count = 0.0, 0
+    object_maps = []
     for index in indices:
         sample = dataset[index]
-        probability = predict_image(loaded, sample.image).probability
+        prediction = predict_image(loaded, sample.image)
+        probability = prediction.probability
         clipped = np.clip(probability, 1e-6, 1 - 1e-6)
         truth = sample.mask
         loss_sum += float(-(np.log(clipped[truth]).sum() + np.log(1 - clipped[~truth]).sum()))
         pixel_count += truth.size
         counts = counts + pixel_counts(probability, truth, config.threshold)
-    return {
+        if config.best_by == "val_dsb_map":  # the truth's objects and ours, as core.evaluate makes them
+            connectivity = dataset.spec.connectivity
+            truth_labels = (sample.instances if sample.instances is not None
+                            else binary_to_instances(truth, connectivity=connectivity))
+            labels = postprocess(probability, SELECTION_METHODS[config.target], contour=prediction.contour,
+                                 threshold=config.threshold, connectivity=connectivity)
+            object_maps.append(instance_scores(truth_labels, labels).dsb_map)
+    objects = {"val_dsb_map": float(np.mean(object_maps))} if object_maps else {}
+    return {**objects,
         "val_loss": loss_sum / pixel_count,
         "val_f1": counts.f1,
         "val_precision": counts.precision,

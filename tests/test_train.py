@@ -323,3 +323,19 @@ def test_best_by_the_background_f1_picks_and_stops_on_that_score():
     assert result.best_epoch == best_epoch(stored, "val_f1_negative")["epoch"]
     assert result.best_validation_f1 == best_epoch(stored, "val_f1_negative")["val_f1_negative"]
     assert load_checkpoint(Registry().get_run(result.run_id).best_checkpoint)["epoch"] == result.best_epoch
+
+
+def test_best_by_the_objects_dsb_map_stores_the_score_the_evaluation_gives():
+    from core.config import best_epoch
+    from core.evaluate import evaluate_run
+
+    config = RunConfig(**{**TINY, "epochs": 3, "steps_per_epoch": 12, "patch_size": 128, "base_width": 16,
+                          "best_by": "val_dsb_map"})
+    result = train_run(config, show_progress=False)
+    stored = Registry().epochs(result.run_id)
+    assert all(0 <= row["val_dsb_map"] <= 1 for row in stored[1:]) and stored[-1]["val_dsb_map"] > 0.1
+    assert result.best_epoch == best_epoch(stored, "val_dsb_map")["epoch"]
+    # The best epoch's stored score is what a full evaluation of best.pt reports for its objects.
+    summary = evaluate_run(result.run_id, split="val", show_progress=False).summary
+    assert summary["instances"]["components"]["dsb_map"] == pytest.approx(result.best_validation_f1, abs=1e-9)
+    assert "val_dsb_map" not in Registry().epochs(train_run(RunConfig(**TINY, epochs=1), show_progress=False).run_id)[1]

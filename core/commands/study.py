@@ -39,7 +39,7 @@ SHARED_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("--normalization", "normalization", str, "none (default) or percentile (per image)"),
     ("--colour", "colour", str, "keep (default), grey or grey-dark-background"),
     ("--ema-decay", "ema_decay", float, "keep a moving average of the weights with this decay per step (0 = off)"),
-    ("--best-by", "best_by", str, "val_f1 (default) or val_f1_negative: the validation score that picks best.pt"),
+    ("--best-by", "best_by", str, "val_f1 (default), val_f1_negative or val_dsb_map: the validation score that picks best.pt"),
 )
 
 

@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(--epochs is then the most it trains; default: train every epoch)")
     parser.add_argument("--best-by", choices=tuple(BEST_BY), default=defaults.best_by,
                         help="validation score that picks the best epoch and drives --patience: the foreground's "
-                             "pixel F1 (val_f1) or the background's (val_f1_negative, for EM membranes)")
+                             "pixel F1 (val_f1), the background's (val_f1_negative, for EM membranes) or the "
+                             "objects' DSB mAP (val_dsb_map: seeded-watershed for --target mask+contour, else "
+                             "components)")
     parser.add_argument("--min-epochs", dest="early_stopping_min_epochs", type=int,
                         default=defaults.early_stopping_min_epochs, metavar="N",
                         help="with --patience: never stop before epoch N (default 0)")
