@@ -7,8 +7,8 @@
 
 Each case trains one run with its recipe (:data:`CASES`), stopped by the clock at the case's
 budget (its epochs are sized so the learning-rate schedule ends near the budget on a 2-core CPU;
-the clock stops it anyway), validates after every epoch and keeps the best epoch's weights by
-validation pixel F1, then evaluates those weights on the case's split: the validation part for
+the clock stops it anyway), validates after every epoch and keeps the best epoch's weights by the
+recipe's ``best_by`` score (validation pixel F1 unless set), then evaluates those weights on the case's split: the validation part for
 DSB and ISBI, the official testing stack (never trained or validated on) for EPFL. It prints the
 learning curve, the scores, each target with MET or MISSED, and a Markdown row for the README's
 table. Times are wall-clock minutes of training including the per-epoch validation.
@@ -167,18 +167,22 @@ def main() -> None:
     if changed:
         print(f"# changed from the case's recipe: {changed}")
     print(f"# run {result.run_id}; budget {minutes:g} min")
-    print(f"{'epoch':>5} {'minutes':>8} {'patches':>8} {'val pixel F1':>13} {'val neg. F1':>12} {'patches/s':>10}")
+    epochs = registry.epochs(result.run_id)
+    objects = any("val_dsb_map" in row for row in epochs)  # best_by=val_dsb_map stores it per epoch
+    print(f"{'epoch':>5} {'minutes':>8} {'patches':>8} {'val pixel F1':>13} {'val neg. F1':>12} {'patches/s':>10}"
+          + (f" {'val DSB mAP':>12}" if objects else ""))
     elapsed = 0.0
-    for row in registry.epochs(result.run_id):
+    for row in epochs:
         if row["epoch"] == 0:
             continue
         elapsed += row["epoch_seconds"]
         patches = row["epoch"] * config.steps_per_epoch * config.batch_size
         print(f"{row['epoch']:>5} {elapsed / 60:>8.2f} {patches:>8} {row['val_f1']:>13.4f} "
-              f"{row['val_f1_negative']:>12.4f} {row.get('patches_per_second', 0):>10.1f}")
+              f"{row['val_f1_negative']:>12.4f} {row.get('patches_per_second', 0):>10.1f}"
+              + (f" {row.get('val_dsb_map', float('nan')):>12.4f}" if objects else ""))
     pixel = summary["pixel"]
     print()
-    print(f"trained {trained_minutes:.2f} min (best epoch {result.best_epoch}); scores of its weights on the "
+    print(f"trained {trained_minutes:.2f} min (best epoch {result.best_epoch} by {config.best_by}); scores of its weights on the "
           f"{'testing stack' if case.split == 'test' else 'validation part'} ({case.split})"
           f"{', predictions averaged over 4 flips' if args.tta else ''}:")
     print(f"  pixel F1 {pixel['f1']:.4f}, foreground IoU {pixel['iou']:.4f}, negative-class F1 "
