@@ -175,6 +175,15 @@ with st.expander("More settings"):
     parallel = more[3].number_input("Runs trained at once", 1, 16, default_parallel(), key="parallel",
                                     help="1 on the CPU (one run already uses every core); one per GPU otherwise. "
                                          "Applies at the next launch, also to a worker that is already running.")
+    more = st.columns(4)
+    best_by = more[0].selectbox("Best epoch chosen by", list(BEST_BY), format_func=BEST_BY.get, key="best_by",
+                                help="The validation score that picks the checkpoint a run keeps (best.pt). EM "
+                                     "membranes: the background's F1; objects: the DSB mAP (post-processes every "
+                                     "validation image after each epoch).")
+    ema_decay = more[1].number_input("Weight averaging (EMA decay per step, 0 = off)", 0.0, 0.9999,
+                                     DEFAULTS.ema_decay, step=0.01, format="%.4f", key="ema_decay",
+                                     help="Validate, keep and predict with a moving average of the weights "
+                                          "(e.g. 0.99): a smoother validation curve on a few images.")
 
 # ---- launch ---------------------------------------------------------------------------------
 
@@ -197,7 +206,7 @@ try:
     base = RunConfig(dataset=choice.dataset, root=choice.root, epochs=int(epochs), base_width=int(width),
                      loss=loss, steps_per_epoch=int(steps), batch_size=int(batch), patch_size=int(patch),
                      depth=int(depth), learning_rate=float(learning_rate), device=device,
-                     image_size=int(image_size) or None)
+                     image_size=int(image_size) or None, best_by=best_by, ema_decay=float(ema_decay))
     if grid:
         study = check_study_name(study.strip())
     configs = configs_for_grid(base, fractions, levels, seeds, study=study or None)

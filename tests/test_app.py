@@ -144,6 +144,20 @@ def test_train_page_cancels_and_resumes_a_queued_run(monkeypatch):
     assert Registry().get_run(run_id).status == "queued"
 
 
+def test_train_page_passes_the_best_epoch_score_and_weight_averaging(monkeypatch):
+    from core import queue
+
+    monkeypatch.setattr(queue, "ensure_worker", lambda *args, **kwargs: False)  # queue only, train nothing
+    at = app("pages/1_Train.py").run()
+    assert at.selectbox(key="best_by").value == "val_f1" and at.number_input(key="ema_decay").value == 0.0
+    at.selectbox(key="best_by").set_value("val_f1_negative")
+    at.number_input(key="ema_decay").set_value(0.99).run()
+    at.button(key="launch").click().run()
+    assert_clean(at)
+    (run,) = Registry().list_runs()
+    assert (run.config.best_by, run.config.ema_decay) == ("val_f1_negative", 0.99)
+
+
 def test_train_page_queues_a_grid(monkeypatch):
     from core import queue
 
