@@ -4,8 +4,8 @@
 ``config.steps_per_epoch`` steps on random augmented patches, validates on the fixed
 validation part after every epoch, and writes ``last.pt`` (every epoch) and ``best.pt``
 (the epoch with the best validation pixel F1 of the foreground or, with ``config.best_by``, of
-the background, or the best DSB mAP of the objects) under ``checkpoints/<run id>/``. With ``config.ema_decay`` the weights
-validated and saved are a moving average of the trained ones. With
+the background, or the best DSB mAP of the objects) under ``checkpoints/<run id>/``. With
+``config.ema_decay`` the weights validated and saved are a moving average of the trained ones. With
 ``config.early_stopping_patience`` P, training stops after the first epoch that ends P
 epochs without an improvement of that score (``config.epochs`` is then the
 most it trains); the reason is stored with that epoch (``note``) and in the run's progress.
@@ -258,7 +258,8 @@ def validate(
                          epoch=0, device=device, precision=precision)
     counts = PixelCounts()
     loss_sum, pixel_count = 0.0, 0
-    object_maps = []
+    object_maps = []  # per image, with best_by="val_dsb_map"
+    connectivity = dataset.spec.connectivity
     for index in indices:
         sample = dataset[index]
         prediction = predict_image(loaded, sample.image)
@@ -269,14 +270,12 @@ def validate(
         pixel_count += truth.size
         counts = counts + pixel_counts(probability, truth, config.threshold)
         if config.best_by == "val_dsb_map":  # the truth's objects and ours, as core.evaluate makes them
-            connectivity = dataset.spec.connectivity
             truth_labels = (sample.instances if sample.instances is not None
                             else binary_to_instances(truth, connectivity=connectivity))
             labels = postprocess(probability, SELECTION_METHODS[config.target], contour=prediction.contour,
                                  threshold=config.threshold, connectivity=connectivity)
             object_maps.append(instance_scores(truth_labels, labels).dsb_map)
-    objects = {"val_dsb_map": float(np.mean(object_maps))} if object_maps else {}
-    return {**objects,
+    metrics = {
         "val_loss": loss_sum / pixel_count,
         "val_f1": counts.f1,
         "val_precision": counts.precision,
@@ -288,6 +287,9 @@ def validate(
         "val_fn": int(counts.fn),
         "val_tn": int(counts.tn),
     }
+    if object_maps:
+        metrics["val_dsb_map"] = float(np.mean(object_maps))
+    return metrics
 
 
 # ---- early stopping --------------------------------------------------------------------
@@ -633,7 +635,7 @@ class Progress:
     """Where a run stands between epochs: what a resumed run continues from."""
 
     start_epoch: int = 1
-    best_f1: float = -1.0  # the best epoch's config.best_by score
+    best_score: float = -1.0  # the best epoch's config.best_by score
     best_epoch: int | None = None
     untrained: dict[str, float] = field(default_factory=dict)
 
@@ -652,7 +654,7 @@ def resume_or_start(trainer: Trainer, data: TrainingData, config: RunConfig, run
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
         registry.truncate_epochs(run_id, state["epoch"])  # later epochs are replayed
-        return Progress(start_epoch=int(state["epoch"]) + 1, best_f1=float(state["best_validation_f1"]),
+        return Progress(start_epoch=int(state["epoch"]) + 1, best_score=float(state["best_validation_f1"]),
                         best_epoch=state["best_epoch"], untrained=dict(state.get("untrained_metrics", {})))
     registry.truncate_epochs(run_id, -1)
     untrained = validate(trainer.model, data.dataset, data.validation_indices, config, trainer.device,
@@ -712,7 +714,7 @@ def train_one_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epo
 
 def save_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epoch: int, metrics: dict[str, Any],
                progress: Progress, checkpoint_dir, improved: bool) -> None:
-    """Write ``last.pt`` (and ``best.pt`` when the validation F1 improved), atomically."""
+    """Write ``last.pt`` (and ``best.pt`` when the ``best_by`` score improved), atomically."""
     payload = {
         "state_dict": trainer.kept_model.state_dict(),
         "config": config.to_dict(),
@@ -720,7 +722,7 @@ def save_epoch(trainer: Trainer, data: TrainingData, config: RunConfig, epoch: i
         "in_channels": data.in_channels,
         "metrics": metrics,
         "untrained_metrics": progress.untrained,
-        "best_validation_f1": progress.best_f1,
+        "best_validation_f1": progress.best_score,
         "best_epoch": progress.best_epoch,
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
@@ -784,9 +786,9 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
             patches_per_second=config.steps_per_epoch * config.batch_size / train_seconds,
             step_losses=[round(value, 6) for value in step_losses],  # the live chart's loss per step
         )
-        improved = metrics[config.best_by] > progress.best_f1
+        improved = metrics[config.best_by] > progress.best_score
         if improved:
-            progress.best_f1, progress.best_epoch = metrics[config.best_by], epoch
+            progress.best_score, progress.best_epoch = metrics[config.best_by], epoch
         if epoch < config.epochs:  # stopping at the last epoch is no early stop
             stop_reason = early_stopping([*stored, {"epoch": epoch, **metrics}], config.early_stopping_patience,
                                          config.early_stopping_min_epochs, config.best_by)[1]
@@ -820,7 +822,7 @@ def _train(config: RunConfig, run_id: str, registry: Registry, show_progress: bo
         status=status,
         epochs_done=max(epoch, progress.start_epoch - 1),
         best_epoch=progress.best_epoch,
-        best_validation_f1=progress.best_f1 if progress.best_epoch is not None else None,
+        best_validation_f1=progress.best_score if progress.best_epoch is not None else None,
         final_metrics={k: v for k, v in final.items() if k != "epoch" and isinstance(v, (int, float))},
         untrained_metrics={k: v for k, v in progress.untrained.items() if isinstance(v, (int, float))},
         seconds=time.time() - started,
