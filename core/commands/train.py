@@ -29,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
                         help="optimiser steps (batches of random patches) per epoch")
     parser.add_argument("--patience", dest="early_stopping_patience", type=int, metavar="N",
-                        help="stop after N epochs without an improvement of the validation pixel F1 "
-                             "(--epochs is then the most it trains; default: train every epoch)")
+                        help="stop after N epochs without an improvement of the --best-by score (the validation "
+                             "pixel F1 by default; --epochs is then the most it trains; default: train every epoch)")
     parser.add_argument("--best-by", choices=tuple(BEST_BY), default=defaults.best_by,
                         help="validation score that picks the best epoch and drives --patience: the foreground's "
                              "pixel F1 (val_f1), the background's (val_f1_negative, for EM membranes) or the "
