@@ -8,8 +8,8 @@
 Each case trains one run with its recipe (:data:`CASES`), stopped by the clock at the case's
 budget (its epochs are sized so the learning-rate schedule ends near the budget on a 2-core CPU;
 the clock stops it anyway), validates after every epoch and keeps the best epoch's weights by the
-recipe's ``best_by`` score (validation pixel F1 unless set), then evaluates those weights on the case's split: the validation part for
-DSB and ISBI, the official testing stack (never trained or validated on) for EPFL. It prints the
+recipe's ``best_by`` score (validation pixel F1 unless set), then evaluates those weights on the
+case's split: the validation part for DSB and ISBI, the official testing stack (never trained or validated on) for EPFL. It prints the
 learning curve, the scores, each target with MET or MISSED, and a Markdown row for the README's
 table. Times are wall-clock minutes of training including the per-epoch validation.
 """
@@ -182,7 +182,8 @@ def main() -> None:
               + (f" {row.get('val_dsb_map', float('nan')):>12.4f}" if objects else ""))
     pixel = summary["pixel"]
     print()
-    print(f"trained {trained_minutes:.2f} min (best epoch {result.best_epoch} by {config.best_by}); scores of its weights on the "
+    print(f"trained {trained_minutes:.2f} min (best epoch {result.best_epoch} by {config.best_by}); "
+          f"scores of its weights on the "
           f"{'testing stack' if case.split == 'test' else 'validation part'} ({case.split})"
           f"{', predictions averaged over 4 flips' if args.tta else ''}:")
     print(f"  pixel F1 {pixel['f1']:.4f}, foreground IoU {pixel['iou']:.4f}, negative-class F1 "
