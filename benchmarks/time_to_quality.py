@@ -60,7 +60,9 @@ CASES: dict[str, Case] = {
         settings=dict(dataset="dsb2018", train_fraction=0.8, image_size=None, augmentation="light", epochs=45,
                       steps_per_epoch=100, batch_size=8, patch_size=128, base_width=16, depth=4, loss="bce+dice",
                       target="mask+contour", touching_weight=10.0, border_sigma=3.0, colour="grey-dark-background",
-                      normalization="percentile", lr_schedule="warmup-cosine", learning_rate=2e-3),
+                      normalization="percentile", lr_schedule="warmup-cosine", learning_rate=2e-3,
+                      # chosen on the training images of three runs (benchmarks/seeded_watershed.py)
+                      threshold=0.7),
         minutes=15.0, split="val",
         targets=(Target("DSB mAP (IoU 0.50 to 0.95, TP/(TP+FP+FN)), seeded-watershed",
                         _instances("seeded-watershed", "dsb_map"), 0.55),

@@ -107,13 +107,16 @@ class SeededWatershedParams(ComponentsParams):
     Attributes
     ----------
     contour_threshold : float
-        A foreground pixel is part of a seed where the outline probability is below it.
+        A foreground pixel is part of a seed where the outline probability is below it. Low
+        by default: a network's outline map stays faint (0.05-0.3) on the line where two
+        objects touch, so a seed at 0.5 spans both. On DSB 2018, 0.05-0.1 scored best on
+        the training images of three runs (docs/recipes.md, ``benchmarks.seeded_watershed``).
     min_seed_size : int
         Seeds with fewer pixels are dropped (a component left without a seed becomes one
         object, so a small object is never lost).
     """
 
-    contour_threshold: float = 0.5
+    contour_threshold: float = 0.1
     min_seed_size: int = 4
 
 

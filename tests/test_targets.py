@@ -136,6 +136,22 @@ def test_seeded_watershed_separates_touching_discs_that_components_merge():
     assert postprocess(foreground, "seeded-watershed", contour=contour).max() == 2
 
 
+def test_seeded_watershed_splits_at_a_faint_outline_by_default_and_not_at_0_5():
+    # A trained network's outline map is strong where an object meets the background but faint
+    # (0.05-0.3 on DSB 2018) on the line where two objects touch; the default seed threshold
+    # must still part them there.
+    labels = two_touching_discs()
+    foreground = (labels > 0).astype(np.float32)
+    outline = contour_map(labels)
+    touching_line = outline & ndi.binary_dilation(labels == 1) & ndi.binary_dilation(labels == 2)
+    assert touching_line.sum() >= 8
+    contour = np.where(outline, 0.9, 0.02).astype(np.float32)
+    contour[touching_line] = 0.25
+    assert seeded_watershed(foreground, contour).max() == 2
+    merged = postprocess(foreground, "seeded-watershed", contour=contour, contour_threshold=0.5)
+    assert merged.max() == 1
+
+
 def test_seeded_watershed_keeps_an_object_without_a_seed():
     foreground = np.zeros((20, 20), np.float32)
     foreground[5:8, 5:8] = 1  # 9 pixels: all outline, no seed, but above min_size? (min_size 16 drops it)
