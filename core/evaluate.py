@@ -18,7 +18,7 @@ Re-evaluating replaces the stored result: the same checkpoint gives the same num
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -33,7 +33,7 @@ from core.metrics import (
     pixel_counts,
     summarize_instance_scores,
 )
-from core.postprocess import METHODS, binary_to_instances, methods_for, postprocess
+from core.postprocess import METHODS, PARAMETERS, binary_to_instances, methods_for, postprocess
 from core.runs import Registry, check_run_id, is_external
 
 INSTANCE_KEYS = ("dsb_map", "paper_map", "ap50", "precision50", "recall50", "f1_50", "tp50", "fp50", "fn50",
@@ -256,6 +256,11 @@ def score_images(dataset: Any, indices: list[int], predict: Predictor, threshold
         "per_image": per_image,
         "metric_names": dict(METRIC_NAMES),
         "methods": list(methods),
+        # Defaults change between versions (seeded-watershed's contour_threshold did): an old
+        # summary and a new one can then be told apart.
+        "method_parameters": {method: asdict(PARAMETERS[method](threshold=threshold,
+                                                                 connectivity=dataset.spec.connectivity))
+                              for method in methods},
     }
     for method in methods:
         aggregate = summarize_instance_scores(per_method[method])

@@ -77,6 +77,11 @@ def test_mask_and_contour_training_runs_end_to_end_and_is_scored_with_seeded_wat
     record = registry.get_run(result["run_id"])
     checkpoint = load_checkpoint(record.best_checkpoint)
     assert tuple(checkpoint["state_dict"]["head.weight"].shape)[0] == 2  # two outputs: mask and outline
+    # The stored summary says which parameters made its objects.
+    parameters = registry.get_evaluation(result["run_id"])["method_parameters"]
+    assert parameters["seeded-watershed"]["contour_threshold"] == 0.1
+    assert parameters["seeded-watershed"]["threshold"] == record.config.threshold
+    assert parameters["watershed"]["min_distance"] > 0
 
     from core.inference import load_model, predict_image
 
