@@ -283,7 +283,11 @@ def run_worker(registry: Registry | None = None, max_parallel: int | None = None
                     if child.poll() is not None:
                         del children[run_id]
                         record_exit(registry, run_id, child, logs / f"{run_id}.log")
-                registry.reap_dead()
+                # This worker's own children are recorded by record_exit above, with their exit
+                # status and last words; reaping them too would race it when one exits between
+                # its poll and this call (a zombie counts as gone).
+                registry.reap_dead([run.id for run in registry.list_runs(status=ACTIVE_STATUSES)
+                                    if run.id not in children])
                 # Runs a Ray launcher owns train on Ray's resources, not in this worker's slots.
                 in_flight = [run for run in registry.list_runs(status=ACTIVE_STATUSES) if run.executor != "ray"]
                 max_parallel = current_max_parallel(registry, default_parallel())

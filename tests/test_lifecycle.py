@@ -362,6 +362,36 @@ def test_a_run_that_cannot_start_never_blocks_the_queue(monkeypatch, tmp_path):
     assert not list(registry.path.parent.parent.rglob("escape-abc123*"))
 
 
+def test_the_worker_records_why_its_own_process_ended_even_when_it_ends_between_two_polls(monkeypatch):
+    # A child that exits after the worker polled it but before the worker looks for dead runs is
+    # a zombie then; the worker must still record its exit status and last words, not a
+    # generic "ended without finishing" (a race seen once in CI).
+    registry = Registry()
+    (run_id,) = enqueue([RunConfig(**TINY, seed=3)], registry, start_worker=False)
+    monkeypatch.setattr(queue, "child_command", lambda run_id: [sys.executable, "-c", "print('said last')"])
+    real_start_run = queue.start_run
+
+    def start_run_whose_child_ends_unseen(*args):
+        child = real_start_run(*args)
+        child.wait()  # it has ended ...
+        real_poll, first = child.poll, [True]
+
+        def poll():  # ... but the worker's first poll still finds it running
+            if first:
+                first.clear()
+                return None
+            return real_poll()
+
+        child.poll = poll
+        return child
+
+    monkeypatch.setattr(queue, "start_run", start_run_whose_child_ends_unseen)
+    assert run_worker(registry, max_parallel=1, idle_exit_seconds=0.2, poll_seconds=0.05) == 1
+    record = registry.get_run(run_id)
+    assert record.status == "failed"
+    assert "exited with status 0 before the run ended: said last" in record.error
+
+
 # ---- command-line arguments ------------------------------------------------------------------------
 
 
