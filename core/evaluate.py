@@ -195,8 +195,9 @@ def score_images(dataset: Any, indices: list[int], predict: Predictor, threshold
     -------
     scores : dict
         The summary's score fields: ``threshold``, ``n_images``, ``image_names``, ``pixel``, ``curves``,
-        ``instances``, ``per_image``, ``metric_names``, ``methods`` (and ``foreground_restricted`` for
-        membrane sets).
+        ``instances``, ``per_image``, ``metric_names``, ``methods``, ``method_parameters`` (each method's
+        parameters, unless the predictor gave its own objects) and ``foreground_restricted`` for
+        membrane sets.
     arrays : dict of ndarray, what :meth:`Registry.save_evaluation` stores beside the summary.
     """
     from tqdm import tqdm
@@ -208,9 +209,11 @@ def score_images(dataset: Any, indices: list[int], predict: Predictor, threshold
     per_method = {method: [] for method in methods}
     rand_per_method = {method: [] for method in methods}
     per_image, arrays = [], {}
+    labels_given = False  # an external model's own objects, not post-processed here
     for position, index in enumerate(tqdm(indices, desc=desc, disable=not show_progress)):
         sample = dataset[index]
         probability, own_labels, *more = predict(sample, index)
+        labels_given = labels_given or own_labels is not None
         contour = more[0] if more else None
         image_counts = pixel_counts(probability, sample.mask, threshold)
         counts = counts + image_counts
@@ -256,12 +259,13 @@ def score_images(dataset: Any, indices: list[int], predict: Predictor, threshold
         "per_image": per_image,
         "metric_names": dict(METRIC_NAMES),
         "methods": list(methods),
+    }
+    if not labels_given:
         # Defaults change between versions (seeded-watershed's contour_threshold did): an old
         # summary and a new one can then be told apart.
-        "method_parameters": {method: asdict(PARAMETERS[method](threshold=threshold,
-                                                                 connectivity=dataset.spec.connectivity))
-                              for method in methods},
-    }
+        summary["method_parameters"] = {
+            method: asdict(PARAMETERS[method](threshold=threshold, connectivity=dataset.spec.connectivity))
+            for method in methods}
     for method in methods:
         aggregate = summarize_instance_scores(per_method[method])
         summary["instances"][method] = {key: _plain(getattr(aggregate, key)) for key in INSTANCE_KEYS}

@@ -230,6 +230,7 @@ def test_another_tools_label_images_come_in_as_an_external_run(tmp_path):
                                         seed=1, registry=registry, show_progress=False)
     assert summary["n_images"] == len(written) and summary["pixel"]["f1"] == 1.0
     assert all(scores["dsb_map"] == 1.0 for scores in summary["instances"].values())
+    assert "method_parameters" not in summary  # its objects are the tool's, not post-processed here
     assert registry.get_run(run_id).config.extra["method"] == "external: cellpose"
     (tmp_path / "labels" / f"{data.names[indices[-1]]}_cp_masks.png").unlink()
     with pytest.raises(ExternalModelError, match=f"no labels for image {re.escape(data.names[indices[-1]])}"):
